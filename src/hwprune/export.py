@@ -1,0 +1,106 @@
+"""Stage 8: save a (pruned) model as a JSON shape spec + safetensors weights, and rebuild it. No pickle.
+
+The spec names how to build the original architecture (`source`, the model SPEC the user gave) and the
+narrowed shape attributes of every module; loading builds the original, narrows the modules to the
+saved shapes (as timm does for its `_pruned` configs) and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .errors import HwpruneError
+
+FORMAT = "hwprune-model/1"
+SHAPE_ATTRS = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+    "normalized_shape", "num_parameters", "embed_dim", "num_heads", "head_dim",
+)
+
+
+def _shape_spec(model: nn.Module) -> dict:
+    spec = {}
+    for name, m in model.named_modules():
+        attrs = {a: getattr(m, a) for a in SHAPE_ATTRS if isinstance(getattr(m, a, None), (int, tuple, list))}
+        if attrs:
+            spec[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+    return spec
+
+
+def save_model(model: nn.Module, directory: str | Path, source: dict, extra: dict | None = None) -> Path:
+    """Write `directory/spec.json` and `directory/model.safetensors` atomically (temp dir, then rename)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
+        (tmp / "spec.json").write_text(json.dumps(spec, indent=1))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_spec(directory: str | Path) -> dict:
+    path = Path(directory) / "spec.json"
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HwpruneError(f"{directory} is not a saved hwprune model ({e})") from e
+    if spec.get("format") != FORMAT:
+        raise HwpruneError(f"{path}: unknown format {spec.get('format')!r}, expected {FORMAT!r}")
+    return spec
+
+
+def _narrow(model: nn.Module, spec: dict, state: dict[str, torch.Tensor]) -> None:
+    modules = dict(model.named_modules())
+    for name, attrs in spec["modules"].items():
+        m = modules.get(name)
+        if m is None:
+            raise HwpruneError(f"saved model has module '{name}' that its source architecture lacks")
+        for k, v in attrs.items():
+            setattr(m, k, tuple(v) if isinstance(v, list) else v)
+    for key, tensor in state.items():
+        mod_name, _, pname = key.rpartition(".")
+        m = modules.get(mod_name)
+        if m is None:
+            continue
+        if pname in m._parameters and m._parameters[pname] is not None:
+            if m._parameters[pname].shape != tensor.shape:
+                m._parameters[pname] = nn.Parameter(torch.empty_like(tensor), m._parameters[pname].requires_grad)
+        elif pname in m._buffers and m._buffers[pname] is not None:
+            if m._buffers[pname].shape != tensor.shape:
+                m._buffers[pname] = torch.empty_like(tensor)
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_model` (or by `hwprune prune`'s `model/` output)."""
+    from .models import build_source
+
+    directory = Path(directory)
+    spec = read_spec(directory)
+    try:
+        state = load_file(str(directory / "model.safetensors"))
+    except Exception as e:  # safetensors raises several types on a damaged file
+        raise HwpruneError(f"cannot read weights in {directory}: {e}") from e
+    model = build_source(spec["source"])
+    _narrow(model, spec, state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise HwpruneError(f"weights in {directory} do not fit the saved shapes: {str(e).splitlines()[0]}") from e
+    model.eval()
+    return model

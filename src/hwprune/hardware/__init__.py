@@ -1,0 +1,1 @@
+"""Targets, measured latency tables and the hardware fingerprint."""

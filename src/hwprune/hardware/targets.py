@@ -1,0 +1,75 @@
+"""Targets by name. A target times a single layer (for the table) and whole models (for the budget)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import HwpruneError
+from .fingerprint import fingerprint, fingerprint_key, physical_cores
+from .timing import FAST_PROTOCOL, MODEL_PROTOCOL, TABLE_PROTOCOL, Timing, TimingProtocol, time_interleaved
+
+TARGETS: dict[str, type] = {}
+
+
+def register_target(name: str):
+    def wrap(cls):
+        cls.name = name
+        TARGETS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_target(name: str, **kwargs):
+    if name not in TARGETS:
+        raise HwpruneError(f"unknown target '{name}'; choose one of: {', '.join(sorted(TARGETS))}")
+    return TARGETS[name](**kwargs)
+
+
+def _call(model: nn.Module, inputs):
+    if isinstance(inputs, dict):
+        return lambda: model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return lambda: model(*inputs)
+    return lambda: model(inputs)
+
+
+@register_target("cpu")
+class CpuTarget:
+    """This machine's CPU, PyTorch eager, float32, a fixed number of intra-op threads."""
+
+    description = "this machine's CPU, torch eager, float32, fixed threads (default: physical cores)"
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        table_protocol: TimingProtocol = TABLE_PROTOCOL,
+        model_protocol: TimingProtocol = MODEL_PROTOCOL,
+    ):
+        self.threads = threads or physical_cores()
+        if os.environ.get("HWPRUNE_TIMING") == "fast":
+            # Tests and smoke runs only: 3 calls per figure, so the plumbing runs in seconds; the figures are noise.
+            table_protocol = model_protocol = FAST_PROTOCOL
+        self.table_protocol = table_protocol
+        self.model_protocol = model_protocol
+        torch.set_num_threads(self.threads)
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self.threads)
+
+    def device_key(self) -> str:
+        return fingerprint_key(self.fingerprint())
+
+    def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
+        layer.eval()
+        return time_interleaved([lambda: layer(x)], self.table_protocol)[0]
+
+    def time_models(self, models: Sequence[nn.Module], inputs) -> list[Timing]:
+        """Interleaved timing of several models on the same inputs (A B A B ...)."""
+        for m in models:
+            m.eval()
+        return time_interleaved([_call(m, inputs) for m in models], self.model_protocol)

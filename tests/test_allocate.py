@@ -1,0 +1,103 @@
+import itertools
+
+import numpy as np
+import pytest
+from hwprune.allocate import ALLOCATORS, Problem, mckp
+from hwprune.cost import CostModel, LayerCurve
+from hwprune.groups import analyze
+from tiny_models import tiny_cnn, tiny_resnet
+
+
+def brute_force(values, costs, budget):
+    best, best_pick = -np.inf, None
+    for pick in itertools.product(*[range(len(v)) for v in values]):
+        c = sum(costs[k][j] for k, j in enumerate(pick))
+        v = sum(values[k][j] for k, j in enumerate(pick))
+        if c <= budget + 1e-9 and v > best:
+            best, best_pick = v, pick
+    return best, best_pick
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_mckp_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n_groups, n_items = rng.integers(2, 5), rng.integers(2, 6)
+    values = [np.sort(rng.random(n_items)) for _ in range(n_groups)]
+    costs = [np.sort(rng.integers(1, 20, n_items)).astype(float) for _ in range(n_groups)]
+    lo = sum(c.min() for c in costs)
+    budget = float(rng.integers(int(lo), int(sum(c.max() for c in costs)) + 1))
+    # Integer costs with one bin per unit make the DP exact.
+    picks = mckp(values, costs, budget, bins=max(1, int(budget - lo)))
+    best, _ = brute_force(values, costs, budget)
+    assert picks is not None
+    assert sum(costs[k][j] for k, j in enumerate(picks)) <= budget
+    assert sum(values[k][j] for k, j in enumerate(picks)) == pytest.approx(best)
+
+
+def test_mckp_infeasible_returns_none():
+    assert mckp([np.array([1.0, 2.0])], [np.array([5.0, 6.0])], 4.0) is None
+
+
+def test_mckp_never_exceeds_budget_with_coarse_bins():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        values = [rng.random(6) for _ in range(5)]
+        costs = [rng.random(6) for _ in range(5)]
+        budget = sum(c.min() for c in costs) + rng.random()
+        picks = mckp(values, costs, budget, bins=7)
+        assert sum(costs[k][j] for k, j in enumerate(picks)) <= budget + 1e-12
+
+
+def _synthetic_problem(model_fn):
+    """A cost model whose 'measured' curves are bilinear in the widths: latency = in * out * 1e-6."""
+    model, x = model_fn()
+    analysis = analyze(model, x)
+    curves = {}
+    for la in analysis.layers:
+        ins = sorted({1, la.in_channels})
+        outs = sorted({1, la.out_channels})
+        grid = np.array([[i * o * 1e-6 for o in outs] for i in ins])
+        curves[la.name] = LayerCurve(ins, outs, grid, depthwise=la.depthwise)
+    cost = CostModel(analysis, curves)
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.random(g.size) + 0.1 for g in analysis.groups}
+    return Problem(cost, {g.id: g.candidates for g in analysis.groups}, scores)
+
+
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+@pytest.mark.parametrize("model_fn", [tiny_cnn, tiny_resnet])
+def test_allocators_meet_predicted_target(name, model_fn):
+    problem = _synthetic_problem(model_fn)
+    dense = problem.cost.predict(problem.cost.dense_widths())
+    for frac in (0.8, 0.5, 0.3):
+        widths = ALLOCATORS[name](problem, frac * dense)
+        assert set(widths) == set(problem.candidates)
+        assert problem.cost.predict(widths) <= frac * dense + 1e-12
+        for g, w in widths.items():
+            assert problem.candidates[g][0] <= w <= problem.cost.sizes[g]
+
+
+def test_hw_allocator_is_optimal_on_small_instance():
+    """Over all candidate combinations of a tiny CNN, `hw` finds the best value under the target."""
+    problem = _synthetic_problem(tiny_cnn)
+    gids = list(problem.candidates)
+    dense = problem.cost.predict(problem.cost.dense_widths())
+    target = 0.5 * dense
+    best = -np.inf
+    for combo in itertools.product(*[problem.candidates[g] for g in gids]):
+        w = dict(zip(gids, combo))
+        if problem.cost.predict(w) <= target:
+            best = max(best, sum(problem.value(g, w[g]) for g in gids))
+    got = ALLOCATORS["hw"](problem, target)
+    got_value = sum(problem.value(g, got[g]) for g in gids)
+    assert problem.cost.predict(got) <= target
+    assert got_value >= best - 1e-6 * abs(best)
+
+
+def test_hw_beats_uniform_when_one_group_is_cheap():
+    problem = _synthetic_problem(tiny_cnn)
+    dense = problem.cost.predict(problem.cost.dense_widths())
+    hw = ALLOCATORS["hw"](problem, 0.5 * dense)
+    uni = ALLOCATORS["uniform"](problem, 0.5 * dense)
+    value = lambda w: sum(problem.value(g, w[g]) for g in w)  # noqa: E731
+    assert value(hw) >= value(uni)
