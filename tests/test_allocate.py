@@ -5,7 +5,7 @@ import pytest
 from hwprune.allocate import ALLOCATORS, Problem, mckp
 from hwprune.cost import CostModel, LayerCurve
 from hwprune.groups import analyze
-from tiny_models import tiny_cnn, tiny_resnet
+from tiny_models import tiny_cnn, tiny_resnet, tiny_resnet3
 
 
 def brute_force(values, costs, budget):
@@ -48,7 +48,7 @@ def test_mckp_never_exceeds_budget_with_coarse_bins():
         assert sum(costs[k][j] for k, j in enumerate(picks)) <= budget + 1e-12
 
 
-def _synthetic_problem(model_fn):
+def _synthetic_problem(model_fn, seed=0):
     """A cost model whose 'measured' curves are bilinear in the widths: latency = in * out * 1e-6."""
     model, x = model_fn()
     analysis = analyze(model, x)
@@ -59,7 +59,7 @@ def _synthetic_problem(model_fn):
         grid = np.array([[i * o * 1e-6 for o in outs] for i in ins])
         curves[la.name] = LayerCurve(ins, outs, grid, depthwise=la.depthwise)
     cost = CostModel(analysis, curves)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     scores = {g.id: rng.random(g.size) + 0.1 for g in analysis.groups}
     return Problem(cost, {g.id: g.candidates for g in analysis.groups}, scores)
 
@@ -77,12 +77,14 @@ def test_allocators_meet_predicted_target(name, model_fn):
             assert problem.candidates[g][0] <= w <= problem.cost.sizes[g]
 
 
-def test_hw_allocator_is_optimal_on_small_instance():
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("frac", [0.3, 0.5, 0.7])
+def test_hw_allocator_is_optimal_on_small_instance(seed, frac):
     """Over all candidate combinations of a tiny CNN, `hw` finds the best value under the target."""
-    problem = _synthetic_problem(tiny_cnn)
+    problem = _synthetic_problem(tiny_cnn, seed)
     gids = list(problem.candidates)
     dense = problem.cost.predict(problem.cost.dense_widths())
-    target = 0.5 * dense
+    target = frac * dense
     best = -np.inf
     for combo in itertools.product(*[problem.candidates[g] for g in gids]):
         w = dict(zip(gids, combo))
@@ -101,3 +103,42 @@ def test_hw_beats_uniform_when_one_group_is_cheap():
     uni = ALLOCATORS["uniform"](problem, 0.5 * dense)
     value = lambda w: sum(problem.value(g, w[g]) for g in w)  # noqa: E731
     assert value(hw) >= value(uni)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chain_terms_sum_to_the_prediction(seed):
+    from hwprune.allocate import _chain_order, chain_terms
+
+    problem = _synthetic_problem(tiny_cnn, seed)
+    problem.cost.r0, problem.cost.r1 = 1e-4, 3e-4
+    order = _chain_order(problem)
+    assert order == ["conv1", "conv2"]
+    const, unary, pair = chain_terms(problem, order)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        idx = [rng.integers(len(problem.candidates[g])) for g in order]
+        widths = {g: problem.candidates[g][i] for g, i in zip(order, idx)}
+        total = const + sum(u[i] for u, i in zip(unary, idx)) + pair[1][idx[0], idx[1]]
+        assert total == pytest.approx(problem.cost.predict(widths), rel=1e-12)
+
+
+def test_hw_on_a_non_chain_graph_against_brute_force():
+    """Trunk + 3 residual blocks: the linearised knapsack + exchange search; never below the baselines."""
+    from hwprune.allocate import _chain_order
+
+    problem = _synthetic_problem(tiny_resnet3)
+    assert _chain_order(problem) is None
+    gids = list(problem.candidates)
+    dense = problem.cost.predict(problem.cost.dense_widths())
+    value = lambda w: sum(problem.value(g, w[g]) for g in gids)  # noqa: E731
+    for frac in (0.3, 0.5, 0.7):
+        target = frac * dense
+        best = max(
+            (value(dict(zip(gids, c))) for c in itertools.product(*[problem.candidates[g] for g in gids])
+             if problem.cost.predict(dict(zip(gids, c))) <= target),
+        )
+        got = ALLOCATORS["hw"](problem, target)
+        assert problem.cost.predict(got) <= target
+        assert value(got) >= value(ALLOCATORS["uniform"](problem, target)) - 1e-9
+        assert value(got) >= value(ALLOCATORS["global"](problem, target)) - 1e-9
+        assert value(got) == pytest.approx(best, rel=1e-9), (frac, value(got), best)

@@ -36,6 +36,24 @@ class TinyResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TinyResNet3(nn.Module):
+    """Three residual blocks on one 16-channel trunk: the trunk group touches three others (not a chain)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1)) for _ in range(3)
+        )
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for b in self.blocks:
+            x = x + b(x)
+        return self.fc(x.mean((2, 3)))
+
+
 class MLP(nn.Module):
     def __init__(self, d_in=40, width=1024, classes=10):
         super().__init__()
@@ -54,6 +72,11 @@ def tiny_cnn():
 def tiny_resnet():
     torch.manual_seed(0)
     return TinyResNet(), torch.randn(2, 3, 8, 8)
+
+
+def tiny_resnet3():
+    torch.manual_seed(0)
+    return TinyResNet3(), torch.randn(2, 3, 8, 8)
 
 
 def mlp():

@@ -89,13 +89,111 @@ def mckp(values: list[np.ndarray], costs: list[np.ndarray], budget: float, bins:
     return picks
 
 
-@register_allocator("hw")
-def allocate_hw(problem: Problem, target: float, rounds: int = 8) -> dict[str, int]:
-    """Knapsack over measured per-group latency curves, re-linearised `rounds` times."""
+def _chain_order(problem: Problem) -> list[str] | None:
+    """Groups in path order when every layer couples at most two groups and those pairs form one path."""
+    gids = list(problem.candidates)
+    nbrs: dict[str, set[str]] = {g: set() for g in gids}
+    for la in problem.cost.analysis.layers:
+        a, b = la.in_group, la.out_group
+        if a in nbrs and b in nbrs and a != b:
+            nbrs[a].add(b)
+            nbrs[b].add(a)
+    if any(len(n) > 2 for n in nbrs.values()):
+        return None
+    ends = [g for g in gids if len(nbrs[g]) <= 1]
+    if not ends:
+        return None
+    order, prev = [ends[0]], None
+    while len(order) < len(gids):
+        nxt = [n for n in nbrs[order[-1]] if n != prev]
+        if not nxt:
+            return None  # more than one connected piece
+        prev = order[-1]
+        order.append(nxt[0])
+    return order
+
+
+def chain_terms(problem: Problem, order: list[str]):
+    """Split predicted latency into const + unary_k[j] + pair_k[i, j] along the path `order` (exact)."""
+    cost = problem.cost
+    cands = [problem.candidates[g] for g in order]
+    pos = {g: k for k, g in enumerate(order)}
+    unary = [np.array([cost.r1 * cost.phi_share(g, w) for w in cands[k]]) for k, g in enumerate(order)]
+    pair = [None] + [np.zeros((len(cands[k - 1]), len(cands[k]))) for k in range(1, len(order))]
+    const = cost.r0 + cost.r1 * cost.phi({g: 0 for g in order})
+    for la in cost.analysis.layers:
+        curve = cost.curves[la.name]
+        ks = sorted({pos[x] for x in (la.in_group, la.out_group) if x in pos})
+        if not ks:
+            const += curve(la.in_channels, la.out_channels)
+        elif len(ks) == 1:
+            k = ks[0]
+            unary[k] += [curve(*cost._widths_of(la, {order[k]: w})) for w in cands[k]]
+        else:
+            k = ks[1]
+            pair[k] += [[curve(*cost._widths_of(la, {order[k - 1]: wp, order[k]: w})) for w in cands[k]]
+                        for wp in cands[k - 1]]
+    return const, unary, pair
+
+
+def chain_dp(problem: Problem, order: list[str], target: float, bins: int = 4000) -> dict[str, int] | None:
+    """Exact (up to the latency discretisation) allocation when the groups form a path g1 - g2 - ... - gK.
+
+    Predicted latency = const + sum_k unary_k(w_k) + sum_k pair_k(w_{k-1}, w_k), every layer belonging
+    to one unary or pair term; a DP over (width of g_k, latency bin) maximises the kept importance.
+    Bin costs are rounded up, so the answer's predicted latency never exceeds the target.
+    """
+    const, unary, pair = chain_terms(problem, order)
+    cands = [problem.candidates[g] for g in order]
+    step_costs = [unary[0][None, :]] + [pair[k] + unary[k][None, :] for k in range(1, len(order))]
+    lows = [float(c.min()) for c in step_costs]
+    room = target - const - sum(lows)
+    if room < 0:
+        return None
+    delta = max(room, 1e-12) / bins
+    binned = [np.ceil((c - lo) / delta - 1e-9).astype(np.int64) for c, lo in zip(step_costs, lows)]
+    values = [np.array([problem.value(g, w) for w in problem.candidates[g]]) for g in order]
+    neg = -np.inf
+    # dp[j, b]: best value of g1..gk with gk at candidate j and total bins exactly b.
+    dp = np.full((len(cands[0]), bins + 1), neg)
+    for j in range(len(cands[0])):
+        if binned[0][0, j] <= bins:
+            dp[j, binned[0][0, j]] = values[0][j]
+    back = []
+    for k in range(1, len(order)):
+        new = np.full((len(cands[k]), bins + 1), neg)
+        arg = np.zeros((len(cands[k]), bins + 1), dtype=np.int32)
+        for j in range(len(cands[k])):
+            for i in range(len(cands[k - 1])):
+                c = binned[k][i, j]
+                if c > bins:
+                    continue
+                cand = np.full(bins + 1, neg)
+                cand[c:] = dp[i, : bins + 1 - c] + values[k][j]
+                better = cand > new[j]
+                new[j, better] = cand[better]
+                arg[j, better] = i
+        dp = new
+        back.append(arg)
+    j, b = np.unravel_index(int(np.argmax(dp)), dp.shape)
+    if not np.isfinite(dp[j, b]):
+        return None
+    picks = [int(j)]
+    for k in range(len(order) - 1, 0, -1):
+        i = int(back[k - 1][j, b])
+        b -= int(binned[k][i, j])
+        j = i
+        picks.append(j)
+    picks.reverse()
+    return {g: cands[k][picks[k]] for k, g in enumerate(order)}
+
+
+def _knapsack_linearised(problem: Problem, target: float, start: dict[str, int], rounds: int = 8):
+    """Knapsack over per-group latency curves, re-linearised around each answer `rounds` times."""
     cost = problem.cost
     gids = list(problem.candidates)
     values = [np.array([problem.value(g, w) for w in problem.candidates[g]]) for g in gids]
-    current = cost.dense_widths()
+    current = dict(start)
     best, best_val = None, -np.inf
     seen = set()
     for _ in range(rounds):
@@ -115,9 +213,79 @@ def allocate_hw(problem: Problem, target: float, rounds: int = 8) -> dict[str, i
             break
         seen.add(key)
         current = widths
-    if best is None:
-        best = _shrink_to_fit(problem, current if picks is not None else problem.min_widths(), target)
     return best
+
+
+@register_allocator("hw")
+def allocate_hw(problem: Problem, target: float) -> dict[str, int]:
+    """Most kept importance under the measured-latency target.
+
+    Chains of groups (plain CNNs, MLPs) are solved exactly by `chain_dp`. Other graphs (residual adds tie a
+    group to many others) use the linearised knapsack, started from the dense widths and from both
+    baselines' answers, each polished by `_exchange`; the best of these is returned, so `hw` never keeps
+    less predicted importance than `uniform` or `global` at the same target.
+    """
+    order = _chain_order(problem)
+    if order is not None:
+        exact = chain_dp(problem, order, target)
+        if exact is not None and problem.cost.predict(exact) <= target:
+            return _exchange(problem, exact, target)
+    starts = [problem.cost.dense_widths(), allocate_uniform(problem, target), allocate_global(problem, target)]
+    found = []
+    for start in starts:
+        w = _knapsack_linearised(problem, target, start)
+        if w is not None:
+            found.append(w)
+        if problem.cost.predict(start) <= target:
+            found.append(start)
+    if not found:
+        found = [_shrink_to_fit(problem, problem.min_widths(), target)]
+    polished = [_exchange(problem, w, target) for w in found]
+    return max(polished, key=lambda w: sum(problem.value(g, x) for g, x in w.items()))
+
+
+def _exchange(problem: Problem, widths: dict[str, int], target: float, max_sweeps: int = 20) -> dict[str, int]:
+    """Local search on the exact (pairwise) prediction: move one group to any width, or widen one group
+    by a step while narrowing another by a step, whenever that keeps more importance within the target.
+
+    The knapsack's linearisation misses gains where two groups share a layer (its cost is ~ c_in * c_out);
+    these moves recover them.
+    """
+    cost = problem.cost
+    cands = problem.candidates
+    gids = list(cands)
+    widths = dict(widths)
+    val = {g: {w: problem.value(g, w) for w in cands[g]} for g in gids}
+    for _ in range(max_sweeps):
+        best_gain, best_move = 1e-12, None
+        for g in gids:
+            for w in cands[g]:
+                if w == widths[g] or val[g][w] - val[g].get(widths[g], 0.0) <= best_gain:
+                    continue
+                trial = {**widths, g: w}
+                if cost.predict(trial) <= target:
+                    best_gain, best_move = val[g][w] - val[g].get(widths[g], 0.0), trial
+        for g_up in gids:
+            i = cands[g_up].index(widths[g_up]) if widths[g_up] in cands[g_up] else -1
+            if i < 0 or i + 1 >= len(cands[g_up]):
+                continue
+            up = cands[g_up][i + 1]
+            gain_up = val[g_up][up] - val[g_up][widths[g_up]]
+            for g_dn in gids:
+                j = cands[g_dn].index(widths[g_dn]) if widths[g_dn] in cands[g_dn] else -1
+                if g_dn == g_up or j <= 0:
+                    continue
+                dn = cands[g_dn][j - 1]
+                gain = gain_up - (val[g_dn][widths[g_dn]] - val[g_dn][dn])
+                if gain <= best_gain:
+                    continue
+                trial = {**widths, g_up: up, g_dn: dn}
+                if cost.predict(trial) <= target:
+                    best_gain, best_move = gain, trial
+        if best_move is None:
+            break
+        widths = best_move
+    return widths
 
 
 def _shrink_to_fit(problem: Problem, widths: dict[str, int], target: float) -> dict[str, int]:

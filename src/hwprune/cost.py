@@ -180,13 +180,17 @@ class CostModel:
                 r1, r0 = 0.0, float(res.mean())
             self.r0, self.r1 = float(r0), float(r1)
 
+    def phi_share(self, g_id: str, width: int) -> float:
+        """Group `g_id`'s part of `phi` at `width` (phi is separable over groups)."""
+        act = sum(la.output_numel for la in self.analysis.layers if la.out_group == g_id)
+        return act * width / self.sizes[g_id] / self._act_total
+
     def group_costs(self, g_id: str, widths: dict[str, int], candidates: list[int]) -> np.ndarray:
         """Latency of everything that depends on group `g_id`, at each candidate, others held at `widths`."""
         out = np.zeros(len(candidates))
         touching = [la for la in self.analysis.layers if g_id in (la.in_group, la.out_group)]
-        act = sum(la.output_numel for la in self.analysis.layers if la.out_group == g_id)
         for j, w in enumerate(candidates):
             trial = {**widths, g_id: w}
             out[j] = sum(self.curves[la.name](*self._widths_of(la, trial)) for la in touching)
-            out[j] += self.r1 * act * w / self.sizes[g_id] / self._act_total
+            out[j] += self.r1 * self.phi_share(g_id, w)
         return out

@@ -199,6 +199,8 @@ def analyze(
                         layers[mod].in_mult = layers[mod].in_channels // size
         groups.append(PruneGroup(gid, size, candidate_widths(size, min_keep), members))
         tp_groups[gid] = g
+    position = {names[m]: i for i, m in enumerate(order)}
+    groups.sort(key=lambda g: position.get(g.id, len(position)))
     if not groups:
         raise HwpruneError("no prunable channel group found in the model (only its output layer is prunable?)")
     return GroupAnalysis(graph, groups, list(layers.values()), names[output_layer], tp_groups)

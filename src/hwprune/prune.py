@@ -30,12 +30,13 @@ from .importance import compute_scores, get_criterion, normalized
 from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
 
-#: Aim the measured latency at 95% of the budget: run-to-run noise of a whole-model median on this
-#: 2-core machine is 1-3%, so 5% headroom keeps the final (re-measured) figure under the budget.
-GOAL = 0.95
+#: Aim the measured latency at 93% of the budget. The interleaved pruned/dense ratio of the same two
+#: models moved by up to 4% between two measurements minutes apart on this 2-core machine (demo run,
+#: 0.479 in the loop, 0.4996 in the final figure), so 7% headroom keeps the final figure under budget.
+GOAL = 0.93
 #: Accept a plan whose measured latency is within this band of the budget. The lower edge is above
 #: the 85% the core issue asks for: a plan far under budget throws accuracy away.
-ACCEPT_LOW, ACCEPT_HIGH = 0.88, 0.985
+ACCEPT_LOW, ACCEPT_HIGH = 0.87, 0.965
 
 
 @dataclass
@@ -210,7 +211,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
 
     t0 = time.perf_counter()
     pruned.eval()
-    td, tp_ = target.time_models([dense, pruned], example)
+    td, tp_ = target.time_models([dense, pruned], example, final=True)
     speedup = td.median / tp_.median
     final_s = tp_.median / td.median * t_dense.median if budget.relative else tp_.median
     macs_d, params_d = macs_params(dense, example)
