@@ -20,6 +20,16 @@ def assert_one_line_error(code, err, needle):
     assert "Traceback" not in err
 
 
+def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_file):
+    """Without --quiet, progress goes to stderr first; the error is still a single final line."""
+    code, _, err = run(capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--budget", "1us",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "Traceback" not in err
+    assert err.rstrip().splitlines()[-1].startswith("hwprune: error: budget")
+    assert sum("hwprune: error" in x for x in err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -46,7 +56,7 @@ def assert_one_line_error(code, err, needle):
 def test_prune_errors(capsys, tmp_path, tiny_file, argv, needle):
     argv = [a.replace("{tiny}", tiny_file) for a in argv]
     out = tmp_path / "out"
-    code, _, err = run(capsys, "prune", *argv, "--out", str(out))
+    code, _, err = run(capsys, "prune", *argv, "--quiet", "--out", str(out))
     assert_one_line_error(code, err, needle)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []  # no temp dirs left behind
@@ -56,7 +66,7 @@ def test_out_that_is_not_an_hwprune_dir_is_refused(capsys, tmp_path, tiny_file):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("x")
-    code, _, err = run(capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--out", str(out))
+    code, _, err = run(capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--quiet", "--out", str(out))
     assert_one_line_error(code, err, "not an hwprune output")
     assert (out / "thesis.tex").read_text() == "x"
 

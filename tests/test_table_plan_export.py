@@ -36,8 +36,9 @@ def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
     cache3 = LatencyCache(tmp_path / "t.sqlite")
     p3 = Profiler(get_target("cpu", threads=2), cache3, progress=False)  # another fingerprint
     p3.build(a)
-    assert p3.device != p1.device and p3.measured == n and cache3.hits == 0
-    assert cache3.count(p1.device) == n and cache3.count(p3.device) == n
+    # Refinement points depend on the measured values, so the count may differ; none is reused.
+    assert p3.device != p1.device and p3.measured > 0 and cache3.hits == 0
+    assert cache3.count(p1.device) == n and cache3.count(p3.device) == p3.measured
     torch.set_num_threads(1)
 
 

@@ -37,6 +37,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-keep", type=float, default=0.1, help="never keep less than this fraction of a group")
     p.add_argument("--max-iters", type=int, default=8, help="closed-loop iterations (allocate, measure, correct)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or loop log, only the final table")
     p.add_argument("--out", required=True, help="output directory (model/, plan.json, report.json, report.md)")
 
 
@@ -56,7 +57,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
     prepare_out(a.out)
     cfg = _config(a)
-    result = prune(cfg)
+    result = prune(cfg, progress=not getattr(a, "quiet", False))
     out = write_outputs(a.out, result)
     print()
     print(text_table(result.report))
@@ -72,7 +73,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """MNIST-1D: train a wide 1-D CNN, prune it to 50% of its measured latency here, fine-tune, report."""
     ns = argparse.Namespace(model="example:mnist1d", budget="latency=0.5", batch_size=DEMO_BATCH, input_shape=None,
                             criterion="taylor", allocator="hw", data="mnist1d", finetune_epochs=DEMO_FINETUNE_EPOCHS,
-                            lr=1e-3, threads=None, seed=0, min_keep=0.1, max_iters=8, out=a.out)
+                            lr=1e-3, threads=None, seed=0, min_keep=0.1, max_iters=8, quiet=False, out=a.out)
     print(f"hwprune demo: MNIST-1D, 1-D CNN, batch {DEMO_BATCH}, budget 50% of dense latency on this CPU")
     t0 = time.perf_counter()
     rc = cmd_prune(ns)

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,23 +37,43 @@ def _shape_spec(model: nn.Module) -> dict:
     return spec
 
 
-def save_model(model: nn.Module, directory: str | Path, source: dict, extra: dict | None = None) -> Path:
-    """Write `directory/spec.json` and `directory/model.safetensors` atomically (temp dir, then rename)."""
+@contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `directory`; when the block succeeds it replaces `directory` whole.
+
+    On any error the temporary directory is removed and `directory` is left as it was: a reader never
+    sees a half-written output.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
-        (tmp / "spec.json").write_text(json.dumps(spec, indent=1))
+        yield tmp
         if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old / "x")
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+
+
+def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | None = None) -> None:
+    """Write spec.json and model.safetensors into an existing directory."""
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
+    (directory / "spec.json").write_text(json.dumps(spec, indent=1))
+
+
+def save_model(model: nn.Module, directory: str | Path, source: dict, extra: dict | None = None) -> Path:
+    """Write `directory/spec.json` and `directory/model.safetensors` atomically."""
+    with atomic_directory(directory) as tmp:
+        write_model(model, tmp, source, extra)
+    return Path(directory)
 
 
 def read_spec(directory: str | Path) -> dict:

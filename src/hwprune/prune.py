@@ -238,8 +238,13 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         "latency_ratio": tp_.median / td.median,
         "macs_ratio": macs_p / macs_d,
         "compression": size_p / size_d,
+        # Predicted and measured are both on the scale of the dense latency measured when planning
+        # (t_plan): measured = final interleaved pruned/dense ratio x t_plan, so machine drift between
+        # planning and the final measurement cancels (MEASURING.md rule 6).
+        "dense_latency_at_planning_ms": t_dense.median * 1e3,
         "predicted_latency_ms": predicted * 1e3,
         "measured_latency_ms": final_s * 1e3,
+        "predicted_ratio": predicted / t_dense.median,
         "prediction_error": (predicted - final_s) / final_s,
         "latency_table": table,
         "loop": history,

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import HwpruneError
-from .export import save_model
+from .export import atomic_directory, write_model
 
 
 def _ms(lat: dict) -> str:
@@ -55,7 +52,9 @@ def markdown(r: dict) -> str:
         *[f"| {a} | {c1} | {c2} |" for a, c1, c2 in summary_rows(r)],
         "",
         f"Predicted latency {r['predicted_latency_ms']:.3f} ms vs measured {r['measured_latency_ms']:.3f} ms: "
-        f"error {100 * r['prediction_error']:+.1f}%.",
+        f"error {100 * r['prediction_error']:+.1f}% (both relative to the dense latency measured when planning, "
+        f"{r['dense_latency_at_planning_ms']:.3f} ms: predicted {r['predicted_ratio']:.3f}x, measured "
+        f"{r['latency_ratio']:.3f}x, so drift of the machine's speed between the two cancels).",
     ]
     if r["pruned"].get("accuracy_oneshot") is not None:
         lines.append(f"One-shot accuracy before fine-tuning: {_acc(r['pruned']['accuracy_oneshot'])}.")
@@ -98,23 +97,12 @@ def prepare_out(out: str | Path) -> Path:
 def write_outputs(out: str | Path, result) -> Path:
     """model/, plan.json, report.json, report.md: written to a temporary sibling, then renamed into place."""
     out = prepare_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         shape = result.report.get("input_shape")
-        save_model(result.model, tmp / "model", result.resolved.source,
-                   {"input_shape": shape[1:] if shape else None, "plan": "../plan.json"})
+        (tmp / "model").mkdir()
+        write_model(result.model, tmp / "model", result.resolved.source,
+                    {"input_shape": shape[1:] if shape else None, "plan": "../plan.json"})
         result.plan.save(tmp / "plan.json")
         (tmp / "report.json").write_text(json.dumps(result.report, indent=1))
         (tmp / "report.md").write_text(markdown(result.report))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -1,0 +1,65 @@
+"""End to end through the CLI on a small MLP (fast timing: figures are noise, the plumbing is real)."""
+
+import json
+
+import torch
+
+import hwprune
+from hwprune.cli import main
+from hwprune.plan import Plan
+
+
+def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_file):
+    out = tmp_path / "run1"
+    code = main(["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6",
+                 "--allocator", "hw", "--quiet", "--out", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["budget"]["met"] else 1)
+    assert sorted(p.name for p in out.iterdir()) == ["model", "plan.json", "report.json", "report.md"]
+    assert "speedup" in printed and "predicted" in printed
+
+    # Report figures hang together.
+    d, p = report["dense"], report["pruned"]
+    assert report["speedup"] == d["latency"]["median"] / p["latency"]["median"]
+    assert report["compression"] == p["size_bytes"] / d["size_bytes"] < 1
+    assert p["params"] < d["params"] and p["macs"] < d["macs"]
+    assert report["budget"]["met"] == (report["latency_ratio"] <= 0.6)
+    assert report["latency_table"]["entries_measured"] > 0 and report["loop"]
+    assert report["fingerprint"]["threads"] >= 1 and report["input_shape"] == [64, 1, 40]
+
+    # The plan matches the saved model, and the saved model reloads to the same function.
+    plan = Plan.load(out / "plan.json")
+    model = hwprune.load(out / "model")
+    widths = {g.id: g.width for g in plan.groups}
+    assert model.net[1].out_features == widths["net.1"] < 1024
+    assert model.net[3].in_features == widths["net.1"] and model.net[3].out_features == widths["net.3"]
+    x = torch.randn(5, 1, 40)
+    from tiny_models import mlp
+
+    dense, _ = mlp()
+    keep1 = plan.groups[0].keep
+    with torch.no_grad():  # the kept neurons compute exactly what they did in the dense model
+        torch.testing.assert_close(model.net[1](x.flatten(1)), dense.net[1](x.flatten(1))[:, keep1])
+        assert model(x).shape == (5, 10)
+
+    # Second run on the same model: every table entry comes from the cache.
+    code = main(["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6", "--quiet",
+                 "--allocator", "uniform", "--out", str(tmp_path / "run2")])
+    again = json.loads((tmp_path / "run2" / "report.json").read_text())
+    assert again["latency_table"]["entries_measured"] == 0
+    assert again["latency_table"]["cache_hits"] >= report["latency_table"]["entries_measured"]
+
+    # The same --out is overwritten as a whole (it is an hwprune output).
+    main(["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6", "--quiet",
+          "--out", str(out)])
+    assert json.loads((out / "report.json").read_text())["settings"]["allocator"] == "hw"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_import_is_lean():
+    import subprocess
+    import sys
+
+    code = "import sys, hwprune; print('torch' in sys.modules)"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "False"
