@@ -30,23 +30,65 @@ def main() -> None:
         for alloc in a.allocators:
             per_seed = []
             for seed in a.seeds:
-                r = run(dict(model="example:mnist1d", data="mnist1d", batch_size=64, budget=budget, allocator=alloc,
-                             criterion=a.criterion, finetune_epochs=a.finetune_epochs, seed=seed))
+                r = run(
+                    dict(
+                        model="example:mnist1d",
+                        data="mnist1d",
+                        batch_size=64,
+                        budget=budget,
+                        allocator=alloc,
+                        criterion=a.criterion,
+                        finetune_epochs=a.finetune_epochs,
+                        seed=seed,
+                    )
+                )
                 reports.append(r)
                 per_seed.append(r)
-                rows.append([budget, alloc, seed, f"{r['latency_ratio']:.3f}", f"{r['budget']['used']:.0%}",
-                             f"{100 * r['pruned']['accuracy_oneshot']:.2f}", f"{100 * r['pruned']['accuracy']:.2f}",
-                             f"{r['macs_ratio']:.2f}", " ".join(str(g["width"]) for g in r["groups"])])
+                rows.append(
+                    [
+                        budget,
+                        alloc,
+                        seed,
+                        f"{r['latency_ratio']:.3f}",
+                        f"{r['budget']['used']:.0%}",
+                        f"{100 * r['pruned']['accuracy_oneshot']:.2f}",
+                        f"{100 * r['pruned']['accuracy']:.2f}",
+                        f"{r['macs_ratio']:.2f}",
+                        " ".join(str(g["width"]) for g in r["groups"]),
+                    ]
+                )
                 print(rows[-1], flush=True)
-            summary.append([budget, alloc, f"{mean(r['latency_ratio'] for r in per_seed):.3f}",
-                            f"{100 * mean(r['pruned']['accuracy_oneshot'] for r in per_seed):.2f}",
-                            f"{100 * mean(r['pruned']['accuracy'] for r in per_seed):.2f}"])
+            summary.append(
+                [
+                    budget,
+                    alloc,
+                    f"{mean(r['latency_ratio'] for r in per_seed):.3f}",
+                    f"{100 * mean(r['pruned']['accuracy_oneshot'] for r in per_seed):.2f}",
+                    f"{100 * mean(r['pruned']['accuracy'] for r in per_seed):.2f}",
+                ]
+            )
     dense_acc = reports[0]["dense"]["accuracy"]
     fp = reports[0]["fingerprint"]
-    print(f"\nMNIST-1D demo model, dense accuracy {100 * dense_acc:.2f}%, batch 64, criterion {a.criterion}, "
-          f"fine-tuning {a.finetune_epochs} epochs (KD); {fp['cpu']}, {fp['threads']} threads, torch {fp['torch']}\n")
-    print(table(["budget", "allocator", "seed", "pruned/dense latency", "of budget", "acc one-shot %",
-                 f"acc after {a.finetune_epochs} ep %", "MACs ratio", "widths"], rows))
+    print(
+        f"\nMNIST-1D demo model, dense accuracy {100 * dense_acc:.2f}%, batch 64, criterion {a.criterion}, "
+        f"fine-tuning {a.finetune_epochs} epochs (KD); {fp['cpu']}, {fp['threads']} threads, torch {fp['torch']}\n"
+    )
+    print(
+        table(
+            [
+                "budget",
+                "allocator",
+                "seed",
+                "pruned/dense latency",
+                "of budget",
+                "acc one-shot %",
+                f"acc after {a.finetune_epochs} ep %",
+                "MACs ratio",
+                "widths",
+            ],
+            rows,
+        )
+    )
     print("\nMean of seeds:\n")
     print(table(["budget", "allocator", "pruned/dense latency", "acc one-shot %", "acc fine-tuned %"], summary))
     save(a.json, reports)

@@ -28,20 +28,51 @@ def main() -> None:
             r = run(dict(model=f"torchvision:{name}", batch_size=b, budget=a.budget, allocator=a.allocator))
             reports.append(r)
             d, p = r["dense"]["latency"], r["pruned"]["latency"]
-            rows.append([
-                name, b, f"{d['median_ms']:.2f} ({d['iqr_ms']:.2f})", f"{p['median_ms']:.2f} ({p['iqr_ms']:.2f})",
-                f"{r['latency_ratio']:.3f}", "yes" if r["budget"]["met"] else "NO", f"{r['predicted_latency_ms']:.2f}",
-                f"{r['measured_latency_ms']:.2f}", f"{100 * r['prediction_error']:+.1f}%", f"{r['macs_ratio']:.2f}",
-                len(r["loop"]), f"{r['latency_table']['entries_measured']}/{r['latency_table']['cache_hits']}",
-                f"{r['latency_table']['seconds']:.0f}", f"{r['wall_s']:.0f}",
-            ])
+            rows.append(
+                [
+                    name,
+                    b,
+                    f"{d['median_ms']:.2f} ({d['iqr_ms']:.2f})",
+                    f"{p['median_ms']:.2f} ({p['iqr_ms']:.2f})",
+                    f"{r['latency_ratio']:.3f}",
+                    "yes" if r["budget"]["met"] else "NO",
+                    f"{r['predicted_latency_ms']:.2f}",
+                    f"{r['measured_latency_ms']:.2f}",
+                    f"{100 * r['prediction_error']:+.1f}%",
+                    f"{r['macs_ratio']:.2f}",
+                    len(r["loop"]),
+                    f"{r['latency_table']['entries_measured']}/{r['latency_table']['cache_hits']}",
+                    f"{r['latency_table']['seconds']:.0f}",
+                    f"{r['wall_s']:.0f}",
+                ]
+            )
             print(rows[-1], flush=True)
     fp = reports[0]["fingerprint"]
-    print(f"\nbudget {a.budget} of dense latency, allocator {a.allocator}; {fp['cpu']}, {fp['threads']} threads, "
-          f"torch {fp['torch']}, {fp['dtype']}\n")
-    print(table(["model", "batch", "dense ms (IQR)", "pruned ms (IQR)", "pruned/dense", "met", "predicted ms",
-                 "measured ms", "pred. error", "MACs ratio", "loop iters", "table new/cached", "table s", "total s"],
-                rows))
+    print(
+        f"\nbudget {a.budget} of dense latency, allocator {a.allocator}; {fp['cpu']}, {fp['threads']} threads, "
+        f"torch {fp['torch']}, {fp['dtype']}\n"
+    )
+    print(
+        table(
+            [
+                "model",
+                "batch",
+                "dense ms (IQR)",
+                "pruned ms (IQR)",
+                "pruned/dense",
+                "met",
+                "predicted ms",
+                "measured ms",
+                "pred. error",
+                "MACs ratio",
+                "loop iters",
+                "table new/cached",
+                "table s",
+                "total s",
+            ],
+            rows,
+        )
+    )
     save(a.json, reports)
 
 

@@ -2,10 +2,11 @@ import itertools
 
 import numpy as np
 import pytest
+from tiny_models import tiny_cnn, tiny_resnet, tiny_resnet3
+
 from hwprune.allocate import ALLOCATORS, Problem, mckp
 from hwprune.cost import CostModel, LayerCurve
 from hwprune.groups import analyze
-from tiny_models import tiny_cnn, tiny_resnet, tiny_resnet3
 
 
 def brute_force(values, costs, budget):
@@ -134,8 +135,11 @@ def test_hw_on_a_non_chain_graph_against_brute_force():
     for frac in (0.3, 0.5, 0.7):
         target = frac * dense
         best = max(
-            (value(dict(zip(gids, c))) for c in itertools.product(*[problem.candidates[g] for g in gids])
-             if problem.cost.predict(dict(zip(gids, c))) <= target),
+            (
+                value(dict(zip(gids, c)))
+                for c in itertools.product(*[problem.candidates[g] for g in gids])
+                if problem.cost.predict(dict(zip(gids, c))) <= target
+            ),
         )
         got = ALLOCATORS["hw"](problem, target)
         assert problem.cost.predict(got) <= target

@@ -22,8 +22,9 @@ def assert_one_line_error(code, err, needle):
 
 def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_file):
     """Without --quiet, progress goes to stderr first; the error is still a single final line."""
-    code, _, err = run(capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--budget", "1us",
-                       "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--budget", "1us", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "Traceback" not in err
     assert err.rstrip().splitlines()[-1].startswith("hwprune: error: budget")
     assert sum("hwprune: error" in x for x in err.splitlines()) == 1

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_cnn, tiny_resnet
 
 from hwprune.groups import analyze, candidate_widths
 from hwprune.importance import CRITERIA, compute_scores, normalized
-from tiny_models import tiny_cnn, tiny_resnet
 
 
 def test_groups_of_a_plain_cnn_and_output_layer_is_kept():
@@ -70,3 +70,29 @@ def test_every_criterion_scores_every_channel(name):
     if not CRITERIA[name].comparable:
         for g in a.groups:
             assert n[g.id].mean() == pytest.approx(1.0)
+
+
+def test_bn_recalibration_matches_batch_statistics():
+    from hwprune.apply import recalibrate_bn
+
+    model, x = tiny_cnn()
+    model.eval()
+    batches = [(torch.randn(4, 3, 8, 8) * 3 + 1, None) for _ in range(3)]
+    recalibrate_bn(model, batches)
+    feats = torch.cat([model.conv1(b) for b, _ in batches])
+    torch.testing.assert_close(model.bn1.running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert model.bn1.momentum == 0.1 and not model.training
+
+
+def test_sensitivity_is_zero_at_full_width_and_monotone():
+    from hwprune.sensitivity import group_sensitivity
+
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+    batches = [(torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))) for _ in range(2)]
+    scores = compute_scores(model, a, "l1")
+    values = group_sensitivity(model, x, a, scores, batches, progress=False)
+    for g in a.groups:
+        v = values[g.id]
+        assert v.shape == (len(g.candidates),) and v[-1] == 0.0 and np.all(v <= 0)
+        assert np.all(np.diff(v) >= -1e-12)  # wider never loses more

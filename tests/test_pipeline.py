@@ -11,8 +11,22 @@ from hwprune.plan import Plan
 
 def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_file):
     out = tmp_path / "run1"
-    code = main(["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6",
-                 "--allocator", "hw", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "prune",
+            "--model",
+            f"{tiny_file}:mlp",
+            "--batch-size",
+            "64",
+            "--budget",
+            "0.6",
+            "--allocator",
+            "hw",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert code == (0 if report["budget"]["met"] else 1)
@@ -44,15 +58,30 @@ def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_fil
         assert model(x).shape == (5, 10)
 
     # Second run on the same model: every table entry comes from the cache.
-    code = main(["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6", "--quiet",
-                 "--allocator", "uniform", "--out", str(tmp_path / "run2")])
+    code = main(
+        [
+            "prune",
+            "--model",
+            f"{tiny_file}:mlp",
+            "--batch-size",
+            "64",
+            "--budget",
+            "0.6",
+            "--quiet",
+            "--allocator",
+            "uniform",
+            "--out",
+            str(tmp_path / "run2"),
+        ]
+    )
     again = json.loads((tmp_path / "run2" / "report.json").read_text())
     assert again["latency_table"]["entries_measured"] == 0
     assert again["latency_table"]["cache_hits"] >= report["latency_table"]["entries_measured"]
 
     # The same --out is overwritten as a whole (it is an hwprune output).
-    main(["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6", "--quiet",
-          "--out", str(out)])
+    main(
+        ["prune", "--model", f"{tiny_file}:mlp", "--batch-size", "64", "--budget", "0.6", "--quiet", "--out", str(out)]
+    )
     assert json.loads((out / "report.json").read_text())["settings"]["allocator"] == "hw"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_cnn, tiny_resnet
 
 import hwprune
 from hwprune.apply import apply_plan
@@ -14,7 +15,6 @@ from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
 from hwprune.importance import compute_scores
 from hwprune.plan import GroupPlan, Plan, make_plan
-from tiny_models import tiny_cnn, tiny_resnet
 
 
 def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
@@ -56,8 +56,9 @@ def test_cost_model_sums_curves_and_fits_remainder(tmp_path):
     cm = CostModel(a, curves)
     dense = cm.dense_widths()
     layer_sum = cm.layer_sum(dense)
-    assert layer_sum == pytest.approx(sum(c(la.in_channels, la.out_channels) for la, c in
-                                          ((la, curves[la.name]) for la in a.layers)))
+    assert layer_sum == pytest.approx(
+        sum(c(la.in_channels, la.out_channels) for la, c in ((la, curves[la.name]) for la in a.layers))
+    )
     cm.add_measurement(dense, layer_sum + 1e-3)
     assert cm.predict(dense) == pytest.approx(layer_sum + 1e-3)
     half = {g: max(2, s // 2) for g, s in dense.items()}

@@ -57,8 +57,14 @@ class TinyResNet3(nn.Module):
 class MLP(nn.Module):
     def __init__(self, d_in=40, width=1024, classes=10):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                                 nn.Linear(width, classes))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(d_in, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, classes),
+        )
 
     def forward(self, x):
         return self.net(x)

@@ -25,8 +25,12 @@ class Problem:
     cost: CostModel
     candidates: dict[str, list[int]]
     scores: dict[str, np.ndarray]  # normalized, comparable across groups
+    #: Optional measured value per candidate width (see sensitivity.py); else the kept scores' sum.
+    widths_value: dict[str, np.ndarray] | None = None
 
     def value(self, gid: str, width: int) -> float:
+        if self.widths_value is not None:
+            return float(np.interp(width, self.candidates[gid], self.widths_value[gid]))
         s = np.sort(self.scores[gid])[::-1]
         return float(s[:width].sum())
 
@@ -73,7 +77,7 @@ def mckp(values: list[np.ndarray], costs: list[np.ndarray], budget: float, bins:
             if w[j] > bins:
                 continue
             shifted = np.full(bins + 1, neg)
-            shifted[w[j]:] = dp[: bins + 1 - w[j]] + v[j]
+            shifted[w[j] :] = dp[: bins + 1 - w[j]] + v[j]
             better = shifted > new
             new[better] = shifted[better]
             choice[k, better] = j
@@ -131,8 +135,9 @@ def chain_terms(problem: Problem, order: list[str]):
             unary[k] += [curve(*cost._widths_of(la, {order[k]: w})) for w in cands[k]]
         else:
             k = ks[1]
-            pair[k] += [[curve(*cost._widths_of(la, {order[k - 1]: wp, order[k]: w})) for w in cands[k]]
-                        for wp in cands[k - 1]]
+            pair[k] += [
+                [curve(*cost._widths_of(la, {order[k - 1]: wp, order[k]: w})) for w in cands[k]] for wp in cands[k - 1]
+            ]
     return const, unary, pair
 
 
@@ -311,8 +316,9 @@ def _shrink_to_fit(problem: Problem, widths: dict[str, int], target: float) -> d
     return widths
 
 
-def _bisect(make: Callable[[float], dict[str, int]], problem: Problem, target: float, lo: float, hi: float,
-            fits_at_hi: bool) -> dict[str, int]:
+def _bisect(
+    make: Callable[[float], dict[str, int]], problem: Problem, target: float, lo: float, hi: float, fits_at_hi: bool
+) -> dict[str, int]:
     """Find the parameter in [lo, hi] whose widths have predicted latency closest under `target`."""
     cost = problem.cost
     good = make(lo if fits_at_hi else hi)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -18,21 +17,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", required=True, help=f"model spec: {SPEC_HELP}")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the input the latency is measured at")
-    p.add_argument("--input-shape", default=None,
-                   help="one sample's shape, e.g. 3x224x224 (default: 3x224x224 for torchvision, the data's shape for examples)")
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        help="one sample's shape, e.g. 3x224x224 (default: 3x224x224 for torchvision, the data's shape for examples)",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
 
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
-    p.add_argument("--budget", default="latency=0.5",
-                   help="latency budget: a fraction of the dense latency (latency=0.5) or absolute (latency=12ms)")
-    p.add_argument("--criterion", default=None, help="channel importance: l1, l2, taylor, random (default: taylor "
-                                                     "with --data, else l1)")
-    p.add_argument("--allocator", default="hw", help="hw (measured-latency knapsack), uniform (one ratio), "
-                                                     "global (one importance threshold)")
+    p.add_argument(
+        "--budget",
+        default="latency=0.5",
+        help="latency budget: a fraction of the dense latency (latency=0.5) or absolute (latency=12ms)",
+    )
+    p.add_argument(
+        "--criterion",
+        default=None,
+        help="channel importance: l1, l2, taylor, random (default: taylor with --data, else l1)",
+    )
+    p.add_argument(
+        "--allocator",
+        default="hw",
+        help="hw (measured-latency knapsack), uniform (one ratio), global (one importance threshold)",
+    )
+    p.add_argument(
+        "--value",
+        default="auto",
+        help="what --allocator hw maximises: sensitivity (measured loss rise "
+        "per group width; default with --data) or scores (sum of kept scores)",
+    )
     p.add_argument("--data", default=None, help="data set for calibration, fine-tuning and accuracy: mnist1d, digits")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="epochs of fine-tuning with distillation (needs --data)")
+    p.add_argument(
+        "--finetune-epochs", type=int, default=0, help="epochs of fine-tuning with distillation (needs --data)"
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--min-keep", type=float, default=0.1, help="never keep less than this fraction of a group")
     p.add_argument("--max-iters", type=int, default=8, help="closed-loop iterations (allocate, measure, correct)")
@@ -44,9 +63,22 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 def _config(a: argparse.Namespace, **override):
     from .prune import PruneConfig
 
-    fields = dict(model=a.model, budget=a.budget, batch_size=a.batch_size, input_shape=a.input_shape,
-                  criterion=a.criterion, allocator=a.allocator, data=a.data, finetune_epochs=a.finetune_epochs,
-                  lr=a.lr, threads=a.threads, seed=a.seed, min_keep=a.min_keep, max_iters=a.max_iters)
+    fields = dict(
+        model=a.model,
+        budget=a.budget,
+        batch_size=a.batch_size,
+        input_shape=a.input_shape,
+        criterion=a.criterion,
+        allocator=a.allocator,
+        value=a.value,
+        data=a.data,
+        finetune_epochs=a.finetune_epochs,
+        lr=a.lr,
+        threads=a.threads,
+        seed=a.seed,
+        min_keep=a.min_keep,
+        max_iters=a.max_iters,
+    )
     fields.update(override)
     return PruneConfig(**fields)
 
@@ -62,18 +94,35 @@ def cmd_prune(a: argparse.Namespace) -> int:
     print()
     print(text_table(result.report))
     r = result.report
-    print(f"\npredicted {r['predicted_latency_ms']:.3f} ms, measured {r['measured_latency_ms']:.3f} ms "
-          f"({100 * r['prediction_error']:+.1f}%); budget {'met' if r['budget']['met'] else 'NOT met'} "
-          f"({r['budget']['used']:.0%} used)")
+    print(
+        f"\npredicted {r['predicted_latency_ms']:.3f} ms, measured {r['measured_latency_ms']:.3f} ms "
+        f"({100 * r['prediction_error']:+.1f}%); budget {'met' if r['budget']['met'] else 'NOT met'} "
+        f"({r['budget']['used']:.0%} used)"
+    )
     print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
     return 0 if r["budget"]["met"] else 1
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """MNIST-1D: train a wide 1-D CNN, prune it to 50% of its measured latency here, fine-tune, report."""
-    ns = argparse.Namespace(model="example:mnist1d", budget="latency=0.5", batch_size=DEMO_BATCH, input_shape=None,
-                            criterion="taylor", allocator="hw", data="mnist1d", finetune_epochs=DEMO_FINETUNE_EPOCHS,
-                            lr=1e-3, threads=None, seed=0, min_keep=0.1, max_iters=8, quiet=False, out=a.out)
+    ns = argparse.Namespace(
+        model="example:mnist1d",
+        budget="latency=0.5",
+        batch_size=DEMO_BATCH,
+        input_shape=None,
+        criterion="taylor",
+        allocator="hw",
+        value="auto",
+        data="mnist1d",
+        finetune_epochs=DEMO_FINETUNE_EPOCHS,
+        lr=1e-3,
+        threads=None,
+        seed=0,
+        min_keep=0.1,
+        max_iters=8,
+        quiet=False,
+        out=a.out,
+    )
     print(f"hwprune demo: MNIST-1D, 1-D CNN, batch {DEMO_BATCH}, budget 50% of dense latency on this CPU")
     t0 = time.perf_counter()
     rc = cmd_prune(ns)
@@ -99,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="hwprune", description="Prune a PyTorch model to a latency budget measured on this hardware.")
+        prog="hwprune", description="Prune a PyTorch model to a latency budget measured on this hardware."
+    )
     parser.add_argument("--version", action="version", version=f"hwprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train, prune to 50%% latency and fine-tune a 1-D CNN on MNIST-1D (no downloads)")

@@ -118,7 +118,11 @@ class Profiler:
         with tqdm(analysis.layers, desc="latency table", unit="layer", disable=not self.progress) as bar:
             self._bar = bar
             for layer in bar:
-                in_c = [c * layer.in_mult for c in cands[layer.in_group]] if layer.in_group in cands else [layer.in_channels]
+                in_c = (
+                    [c * layer.in_mult for c in cands[layer.in_group]]
+                    if layer.in_group in cands
+                    else [layer.in_channels]
+                )
                 out_c = cands.get(layer.out_group, [layer.out_channels])
                 key = (layer.signature(), tuple(in_c), tuple(out_c))
                 if key not in memo:

@@ -30,7 +30,10 @@ class Dataset:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.x_train), generator=g)
         return [
-            (self.x_train[idx[i * batch_size:(i + 1) * batch_size]], self.y_train[idx[i * batch_size:(i + 1) * batch_size]])
+            (
+                self.x_train[idx[i * batch_size : (i + 1) * batch_size]],
+                self.y_train[idx[i * batch_size : (i + 1) * batch_size]],
+            )
             for i in range(min(n, len(idx) // batch_size))
         ]
 
@@ -72,7 +75,12 @@ def mnist1d(num_samples: int = MNIST1D_SAMPLES) -> Dataset:
         f = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32).unsqueeze(1)  # noqa: E731
         g = lambda a: torch.tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
         _MNIST1D_CACHE[num_samples] = Dataset(
-            "mnist1d", f(d["x"]), g(d["y"]), f(d["x_test"]), g(d["y_test"]), 10,
+            "mnist1d",
+            f(d["x"]),
+            g(d["y"]),
+            f(d["x_test"]),
+            g(d["y_test"]),
+            10,
             f"MNIST-1D, {len(d['y'])} train / {len(d['y_test'])} test, seed {args.seed}",
         )
     return _MNIST1D_CACHE[num_samples]

@@ -15,7 +15,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+            correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
     return correct / max(len(x), 1)
 
 

@@ -33,7 +33,9 @@ class Mnist1dCNN(nn.Module):
         self.features = nn.Sequential(
             block(1, width, 5, 1), block(width, width, 3, 2), block(width, width, 3, 1), block(width, width, 3, 2)
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * 10, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(width * 10, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -59,9 +61,19 @@ def get_example(name: str) -> Example:
     return EXAMPLES[name]
 
 
-def train(model: nn.Module, data: Dataset, epochs: int, lr: float = 3e-3, batch_size: int = 128, seed: int = 0,
-          teacher: nn.Module | None = None, alpha: float = 0.5, temperature: float = 4.0, desc: str = "train",
-          progress: bool = True) -> nn.Module:
+def train(
+    model: nn.Module,
+    data: Dataset,
+    epochs: int,
+    lr: float = 3e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+    desc: str = "train",
+    progress: bool = True,
+) -> nn.Module:
     """Adam + one-cycle schedule; with a `teacher`, adds knowledge distillation (Hinton et al. 2015)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -77,15 +89,19 @@ def train(model: nn.Module, data: Dataset, epochs: int, lr: float = 3e-3, batch_
         for _ in range(epochs):
             perm = torch.randperm(len(data.x_train), generator=g)
             for i in range(len(perm) // batch_size):
-                idx = perm[i * batch_size:(i + 1) * batch_size]
+                idx = perm[i * batch_size : (i + 1) * batch_size]
                 x, y = data.x_train[idx], data.y_train[idx]
                 out = model(x)
                 loss = F.cross_entropy(out, y)
                 if teacher is not None:
                     with torch.no_grad():
                         t = teacher(x)
-                    kd = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1),
-                                  reduction="batchmean") * temperature**2
+                    kd = (
+                        F.kl_div(
+                            F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean"
+                        )
+                        * temperature**2
+                    )
                     loss = alpha * loss + (1 - alpha) * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

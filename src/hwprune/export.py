@@ -23,8 +23,17 @@ from .errors import HwpruneError
 
 FORMAT = "hwprune-model/1"
 SHAPE_ATTRS = (
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "normalized_shape", "num_parameters", "embed_dim", "num_heads", "head_dim",
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_parameters",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
 )
 
 

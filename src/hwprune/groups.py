@@ -123,9 +123,7 @@ class GroupAnalysis:
         raise KeyError(gid)
 
 
-def analyze(
-    model: nn.Module, example_inputs, min_keep: float = 0.1, ignored: list[str] | None = None
-) -> GroupAnalysis:
+def analyze(model: nn.Module, example_inputs, min_keep: float = 0.1, ignored: list[str] | None = None) -> GroupAnalysis:
     """Trace the model and return its prunable groups and timed layers.
 
     The last conv/linear that runs is the output layer (the classifier); its outputs are never pruned.
@@ -167,10 +165,17 @@ def analyze(
         else:
             kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}[type(m)]
             info = LayerInfo(
-                names[m], kind, m.in_channels, m.out_channels, shapes[m],
-                kernel_size=_as_tuple(m.kernel_size), stride=_as_tuple(m.stride),
-                padding=_as_tuple(m.padding), dilation=_as_tuple(m.dilation),
-                depthwise=m.groups > 1 and m.groups == m.in_channels == m.out_channels, bias=m.bias is not None,
+                names[m],
+                kind,
+                m.in_channels,
+                m.out_channels,
+                shapes[m],
+                kernel_size=_as_tuple(m.kernel_size),
+                stride=_as_tuple(m.stride),
+                padding=_as_tuple(m.padding),
+                dilation=_as_tuple(m.dilation),
+                depthwise=m.groups > 1 and m.groups == m.in_channels == m.out_channels,
+                bias=m.bias is not None,
             )
         info.output_numel = out_numel[m]
         layers[m] = info

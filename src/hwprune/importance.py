@@ -64,7 +64,9 @@ def _l2(w, g):
 
 
 @register_criterion(
-    "taylor", needs_grad=True, comparable=True,
+    "taylor",
+    needs_grad=True,
+    comparable=True,
     description="first-order Taylor |w * dL/dw| on calibration batches (Molchanov et al. 2019)",
 )
 def _taylor(w, g):

@@ -89,8 +89,8 @@ def resolve(spec: str, batch_size: int = 1, input_shape: str | None = None, prog
         model, source = _torchvision(name), {"kind": "torchvision", "name": name}
         shape = shape or (3, 224, 224)
     elif spec.startswith("example:"):
-        from .examples import get_example, trained_example
         from .data import get_dataset
+        from .examples import get_example, trained_example
 
         name = spec.split(":", 1)[1]
         ex = get_example(name)

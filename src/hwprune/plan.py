@@ -39,7 +39,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
         if d.get("format") != "hwprune-plan/1":
-            raise HwpruneError("not an hwprune plan (expected \"format\": \"hwprune-plan/1\")")
+            raise HwpruneError('not an hwprune plan (expected "format": "hwprune-plan/1")')
         d = {k: v for k, v in d.items() if k != "format"}
         d["groups"] = [GroupPlan(**g) for g in d["groups"]]
         return cls(**d)
@@ -55,7 +55,7 @@ class Plan:
             raise HwpruneError(f"cannot read plan {path}: {e}") from e
 
 
-def make_plan(widths: dict[str, int], scores: dict[str, "object"], sizes: dict[str, int], **info) -> Plan:
+def make_plan(widths: dict[str, int], scores: dict[str, object], sizes: dict[str, int], **info) -> Plan:
     """Keep the `width` highest-scoring channels of each group."""
     import numpy as np
 

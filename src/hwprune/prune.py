@@ -8,7 +8,6 @@ lands in [ACCEPT_LOW, ACCEPT_HIGH] x budget.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .allocate import Problem, get_allocator
-from .apply import apply_plan
+from .apply import apply_plan, recalibrate_bn
 from .budget import Budget, parse_budget
 from .cost import CostModel, Profiler
 from .data import Dataset, get_dataset
@@ -29,6 +28,7 @@ from .hardware.targets import get_target
 from .importance import compute_scores, get_criterion, normalized
 from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
+from .sensitivity import group_sensitivity
 
 #: Aim the measured latency at 93% of the budget. The interleaved pruned/dense ratio of the same two
 #: models moved by up to 4% between two measurements minutes apart on this 2-core machine (demo run,
@@ -49,6 +49,7 @@ class PruneConfig:
     input_shape: str | None = None
     criterion: str | None = None  # default: taylor with --data, else l1
     allocator: str = "hw"
+    value: str = "auto"  # what hw maximises: sensitivity (measured loss; default with --data) or scores
     data: str | None = None
     finetune_epochs: int = 0
     lr: float = 1e-3
@@ -70,6 +71,8 @@ class PruneConfig:
         if self.max_iters < 1:
             raise HwpruneError("--max-iters must be at least 1")
         get_allocator(self.allocator)
+        if self.value not in ("auto", "scores", "sensitivity"):
+            raise HwpruneError("--value must be auto, scores or sensitivity")
         if self.criterion:
             get_criterion(self.criterion)
 
@@ -117,7 +120,9 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
             with torch.no_grad():
                 out = dense(data.x_test[:2])
             if out.shape[-1] != data.num_classes:
-                raise HwpruneError(f"model outputs {out.shape[-1]} classes, data set '{cfg.data}' has {data.num_classes}")
+                raise HwpruneError(
+                    f"model outputs {out.shape[-1]} classes, data set '{cfg.data}' has {data.num_classes}"
+                )
         except HwpruneError:
             raise
         except Exception as e:
@@ -130,7 +135,14 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
 
     t0 = time.perf_counter()
     analysis = analyze(dense, example, cfg.min_keep)
-    scores = compute_scores(dense, analysis, criterion, _calibration(cfg, data, dense, example), seed=cfg.seed)
+    calib = _calibration(cfg, data, dense, example)
+    scores = compute_scores(dense, analysis, criterion, calib, seed=cfg.seed)
+    value_mode = cfg.value if cfg.value != "auto" else ("sensitivity" if data is not None else "scores")
+    widths_value = None
+    if value_mode == "sensitivity" and cfg.allocator == "hw":
+        widths_value = group_sensitivity(dense, example, analysis, scores, calib, progress=progress)
+    # With real data, every pruned model gets its BatchNorm statistics re-estimated (all allocators alike).
+    bn_batches = calib if data is not None else []
     stages["groups_importance_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -138,17 +150,25 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     profiler = Profiler(target, cache, progress)
     curves = profiler.build(analysis)
     stages["latency_table_s"] = time.perf_counter() - t0
-    table = {"entries_measured": profiler.measured, "cache_hits": cache.hits, "seconds": stages["latency_table_s"],
-             "cache": str(cache.path), "device_key": profiler.device}
-    _log(progress, f"latency table: {profiler.measured} entries measured, {cache.hits} from cache "
-                   f"({stages['latency_table_s']:.1f} s)")
+    table = {
+        "entries_measured": profiler.measured,
+        "cache_hits": cache.hits,
+        "seconds": stages["latency_table_s"],
+        "cache": str(cache.path),
+        "device_key": profiler.device,
+    }
+    _log(
+        progress,
+        f"latency table: {profiler.measured} entries measured, {cache.hits} from cache "
+        f"({stages['latency_table_s']:.1f} s)",
+    )
 
     t0 = time.perf_counter()
     cost = CostModel(analysis, curves)
     t_dense = target.time_models([dense], example)[0]
     cost.add_measurement(cost.dense_widths(), t_dense.median)
     budget_s = budget.seconds(t_dense.median)
-    problem = Problem(cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion))
+    problem = Problem(cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion), widths_value)
     allocator = get_allocator(cfg.allocator)
     _log(progress, f"dense latency {t_dense.median * 1e3:.2f} ms; budget {budget.describe()} = {budget_s * 1e3:.2f} ms")
 
@@ -158,18 +178,35 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     for it in range(cfg.max_iters):
         widths = allocator(problem, aim)
         predicted = cost.predict(widths)
-        plan = make_plan(widths, scores, cost.sizes, allocator=cfg.allocator, criterion=criterion,
-                         budget=cfg.budget, predicted_latency_s=predicted)
-        pruned = apply_plan(dense, example, plan)
+        plan = make_plan(
+            widths,
+            scores,
+            cost.sizes,
+            allocator=cfg.allocator,
+            criterion=criterion,
+            budget=cfg.budget,
+            predicted_latency_s=predicted,
+        )
+        pruned = recalibrate_bn(apply_plan(dense, example, plan), bn_batches)
         if budget.relative:
             td, tp_ = target.time_models([dense, pruned], example)
             measured = tp_.median / td.median * t_dense.median
         else:
             measured = target.time_models([pruned], example)[0].median
-        history.append({"iteration": it + 1, "aim_ms": aim * 1e3, "predicted_ms": predicted * 1e3,
-                        "measured_ms": measured * 1e3, "budget_used": measured / budget_s})
-        _log(progress, f"  loop {it + 1}: aim {aim * 1e3:.2f} ms, predicted {predicted * 1e3:.2f} ms, "
-                       f"measured {measured * 1e3:.2f} ms ({measured / budget_s:.0%} of budget)")
+        history.append(
+            {
+                "iteration": it + 1,
+                "aim_ms": aim * 1e3,
+                "predicted_ms": predicted * 1e3,
+                "measured_ms": measured * 1e3,
+                "budget_used": measured / budget_s,
+            }
+        )
+        _log(
+            progress,
+            f"  loop {it + 1}: aim {aim * 1e3:.2f} ms, predicted {predicted * 1e3:.2f} ms, "
+            f"measured {measured * 1e3:.2f} ms ({measured / budget_s:.0%} of budget)",
+        )
         value = sum(problem.value(g, w) for g, w in widths.items())
         if measured <= budget_s * ACCEPT_HIGH:
             candidates.append((value, measured, plan, pruned, predicted))
@@ -186,7 +223,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
                 if tn > budget_s:
                     raise HwpruneError(
                         f"budget {budget.describe()} ({budget_s * 1e3:.2f} ms) cannot be met: the narrowest plan "
-                        f"(every group at {cfg.min_keep:.0%}) measures {tn * 1e3:.2f} ms; raise the budget or lower --min-keep"
+                        f"(every group at {cfg.min_keep:.0%}) measures {tn * 1e3:.2f} ms; "
+                        "raise the budget or lower --min-keep"
                     )
     if not candidates:
         best = min(history, key=lambda h: h["measured_ms"])
@@ -205,8 +243,16 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         if cfg.finetune_epochs > 0:
             from .examples import train
 
-            train(pruned, data, cfg.finetune_epochs, lr=cfg.lr, seed=cfg.seed, teacher=dense,
-                  desc="fine-tuning (KD)", progress=progress)
+            train(
+                pruned,
+                data,
+                cfg.finetune_epochs,
+                lr=cfg.lr,
+                seed=cfg.seed,
+                teacher=dense,
+                desc="fine-tuning (KD)",
+                progress=progress,
+            )
     stages["finetune_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -224,16 +270,37 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     report = {
         "format": "hwprune-report/1",
         "model": cfg.model,
-        "settings": {**asdict(cfg), "criterion": criterion},
+        "settings": {
+            **asdict(cfg),
+            "criterion": criterion,
+            "value": value_mode if cfg.allocator == "hw" else None,
+            "bn_recalibration": bool(bn_batches),
+        },
         "fingerprint": target.fingerprint(),
         "input_shape": list(example.shape) if isinstance(example, torch.Tensor) else None,
-        "budget": {"text": cfg.budget, "relative": budget.relative, "value": budget.value,
-                   "seconds": budget_s, "met": bool(met), "used": final_s / budget_s},
-        "dense": {"latency": td.to_dict(), "macs": macs_d, "params": params_d, "size_bytes": size_d,
-                  "accuracy": accuracy(dense, data.x_test, data.y_test) if data is not None else None},
-        "pruned": {"latency": tp_.to_dict(), "macs": macs_p, "params": params_p, "size_bytes": size_p,
-                   "accuracy_oneshot": acc_oneshot,
-                   "accuracy": accuracy(pruned, data.x_test, data.y_test) if data is not None else None},
+        "budget": {
+            "text": cfg.budget,
+            "relative": budget.relative,
+            "value": budget.value,
+            "seconds": budget_s,
+            "met": bool(met),
+            "used": final_s / budget_s,
+        },
+        "dense": {
+            "latency": td.to_dict(),
+            "macs": macs_d,
+            "params": params_d,
+            "size_bytes": size_d,
+            "accuracy": accuracy(dense, data.x_test, data.y_test) if data is not None else None,
+        },
+        "pruned": {
+            "latency": tp_.to_dict(),
+            "macs": macs_p,
+            "params": params_p,
+            "size_bytes": size_p,
+            "accuracy_oneshot": acc_oneshot,
+            "accuracy": accuracy(pruned, data.x_test, data.y_test) if data is not None else None,
+        },
         "speedup": speedup,
         "latency_ratio": tp_.median / td.median,
         "macs_ratio": macs_p / macs_d,

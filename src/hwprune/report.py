@@ -67,8 +67,11 @@ def markdown(r: dict) -> str:
         "",
         "| iter | aim ms | predicted ms | measured ms | of budget |",
         "|---:|---:|---:|---:|---:|",
-        *[f"| {h['iteration']} | {h['aim_ms']:.3f} | {h['predicted_ms']:.3f} | {h['measured_ms']:.3f} | "
-          f"{h['budget_used']:.0%} |" for h in r["loop"]],
+        *[
+            f"| {h['iteration']} | {h['aim_ms']:.3f} | {h['predicted_ms']:.3f} | {h['measured_ms']:.3f} | "
+            f"{h['budget_used']:.0%} |"
+            for h in r["loop"]
+        ],
         "",
         "## Width per group",
         "",
@@ -100,8 +103,12 @@ def write_outputs(out: str | Path, result) -> Path:
     with atomic_directory(out) as tmp:
         shape = result.report.get("input_shape")
         (tmp / "model").mkdir()
-        write_model(result.model, tmp / "model", result.resolved.source,
-                    {"input_shape": shape[1:] if shape else None, "plan": "../plan.json"})
+        write_model(
+            result.model,
+            tmp / "model",
+            result.resolved.source,
+            {"input_shape": shape[1:] if shape else None, "plan": "../plan.json"},
+        )
         result.plan.save(tmp / "plan.json")
         (tmp / "report.json").write_text(json.dumps(result.report, indent=1))
         (tmp / "report.md").write_text(markdown(result.report))
