@@ -132,3 +132,16 @@ def test_load_rejects_damaged_files(tmp_path, tiny_file):
     (tmp_path / "m" / "spec.json").write_text("{not json")
     with pytest.raises(HwpruneError, match="not a saved hwprune model"):
         hwprune.load(tmp_path / "m")
+
+
+def test_remainder_never_makes_narrower_plans_slower(tmp_path):
+    """If the table overestimates the dense model, predictions still fall as widths shrink."""
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+    curves = Profiler(get_target("analytic-test"), LatencyCache(tmp_path / "c.sqlite"), False).build(a)
+    cm = CostModel(a, curves)
+    dense = cm.dense_widths()
+    cm.add_measurement(dense, 0.5 * cm.layer_sum(dense))  # measured far below the layers' sum
+    assert cm.r1 >= 0
+    narrow = {g: 2 for g in dense}
+    assert cm.predict(narrow) < cm.predict(dense)

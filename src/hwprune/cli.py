@@ -23,6 +23,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="one sample's shape, e.g. 3x224x224 (default: 3x224x224 for torchvision, the data's shape for examples)",
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--target", default="cpu", help="where latency is measured (default: cpu, this machine's CPU)")
 
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
@@ -60,27 +61,14 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (model/, plan.json, report.json, report.md)")
 
 
-def _config(a: argparse.Namespace, **override):
+def _config(a: argparse.Namespace):
+    """PruneConfig from the parsed flags: every flag whose name is a config field (one place to add a flag)."""
+    from dataclasses import fields
+
     from .prune import PruneConfig
 
-    fields = dict(
-        model=a.model,
-        budget=a.budget,
-        batch_size=a.batch_size,
-        input_shape=a.input_shape,
-        criterion=a.criterion,
-        allocator=a.allocator,
-        value=a.value,
-        data=a.data,
-        finetune_epochs=a.finetune_epochs,
-        lr=a.lr,
-        threads=a.threads,
-        seed=a.seed,
-        min_keep=a.min_keep,
-        max_iters=a.max_iters,
-    )
-    fields.update(override)
-    return PruneConfig(**fields)
+    names = {f.name for f in fields(PruneConfig)}
+    return PruneConfig(**{k: v for k, v in vars(a).items() if k in names})
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
@@ -117,6 +105,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         finetune_epochs=DEMO_FINETUNE_EPOCHS,
         lr=1e-3,
         threads=None,
+        target="cpu",
         seed=0,
         min_keep=0.1,
         max_iters=8,
@@ -135,7 +124,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .models import resolve
 
     resolved = resolve(a.model, a.batch_size, a.input_shape)
-    target = get_target("cpu", threads=a.threads)
+    target = get_target(a.target, threads=a.threads)
     t = target.time_models([resolved.model], resolved.example_inputs)[0]
     fp = target.fingerprint()
     print(f"{a.model}  batch {a.batch_size}  input {tuple(resolved.example_inputs.shape)}")

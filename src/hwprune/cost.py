@@ -176,8 +176,11 @@ class CostModel:
         phis = np.array([p for p, _ in self.fit_points])
         res = np.array([r for _, r in self.fit_points])
         if len(self.fit_points) == 1 or np.ptp(phis) < 1e-3:
-            # One point: assume the remainder scales with the activations it touches.
-            self.r0, self.r1 = 0.0, float(res.mean() / max(phis.mean(), 1e-6))
+            # One point: assume the remainder scales with the activations it touches. A negative residual
+            # (the layers timed alone overestimate the model) is a constant offset instead: a negative
+            # slope would make narrower plans look slower.
+            r = float(res.mean())
+            self.r0, self.r1 = (0.0, r / max(float(phis.mean()), 1e-6)) if r >= 0 else (r, 0.0)
         else:
             r1, r0 = np.polyfit(phis, res, 1)
             if r1 < 0:
