@@ -30,13 +30,14 @@ from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
 from .sensitivity import group_sensitivity
 
-#: Aim the measured latency at 93% of the budget. The interleaved pruned/dense ratio of the same two
-#: models moved by up to 4% between two measurements minutes apart on this 2-core machine (demo run,
-#: 0.479 in the loop, 0.4996 in the final figure), so 7% headroom keeps the final figure under budget.
-GOAL = 0.93
+#: Aim the measured latency at 91% of the budget. The interleaved pruned/dense ratio of the same two
+#: models moved by up to 4.6% between the loop's measurement and the final one minutes later on this
+#: 2-core machine (demo, 0.479 -> 0.4996; MNIST-1D at budget 0.15, a 1.7 ms model, 0.965 -> 1.01 of
+#: budget), so the loop accepts at most 95% of the budget.
+GOAL = 0.91
 #: Accept a plan whose measured latency is within this band of the budget. The lower edge is above
 #: the 85% the core issue asks for: a plan far under budget throws accuracy away.
-ACCEPT_LOW, ACCEPT_HIGH = 0.87, 0.965
+ACCEPT_LOW, ACCEPT_HIGH = 0.87, 0.95
 
 
 @dataclass
@@ -138,9 +139,6 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     calib = _calibration(cfg, data, dense, example)
     scores = compute_scores(dense, analysis, criterion, calib, seed=cfg.seed)
     value_mode = cfg.value if cfg.value != "auto" else ("sensitivity" if data is not None else "scores")
-    widths_value = None
-    if value_mode == "sensitivity" and cfg.allocator == "hw":
-        widths_value = group_sensitivity(dense, example, analysis, scores, calib, progress=progress)
     # With real data, every pruned model gets its BatchNorm statistics re-estimated (all allocators alike).
     bn_batches = calib if data is not None else []
     stages["groups_importance_s"] = time.perf_counter() - t0
@@ -168,9 +166,15 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     t_dense = target.time_models([dense], example)[0]
     cost.add_measurement(cost.dense_widths(), t_dense.median)
     budget_s = budget.seconds(t_dense.median)
-    problem = Problem(cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion), widths_value)
+    problem = Problem(cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion))
     allocator = get_allocator(cfg.allocator)
     _log(progress, f"dense latency {t_dense.median * 1e3:.2f} ms; budget {budget.describe()} = {budget_s * 1e3:.2f} ms")
+    if value_mode == "sensitivity" and cfg.allocator == "hw":
+        # Sensitivity curves around the uniform plan for the first aim: the regime the answer will be in.
+        around = get_allocator("uniform")(problem, budget_s * GOAL)
+        problem.widths_value = group_sensitivity(
+            dense, example, analysis, scores, calib, progress=progress, around=around
+        )
 
     history = []
     candidates = []
