@@ -28,7 +28,7 @@ from .hardware.targets import get_target
 from .importance import compute_scores, get_criterion, normalized
 from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
-from .sensitivity import group_sensitivity
+from .sensitivity import LossProbe, group_sensitivity, refine_by_loss
 
 #: Aim the measured latency at 91% of the budget. The interleaved pruned/dense ratio of the same two
 #: models moved by up to 4.6% between the loop's measurement and the final one minutes later on this
@@ -89,7 +89,7 @@ class PruneResult:
 
 def _calibration(cfg: PruneConfig, data: Dataset | None, model, example) -> list:
     if data is not None:
-        return data.batches(64, cfg.calib_batches, seed=cfg.seed)
+        return data.batches(64, 2 * cfg.calib_batches, seed=cfg.seed)
     # No data: random inputs labelled by the dense model's own predictions (self-distillation targets).
     gen = torch.Generator().manual_seed(cfg.seed)
     out = []
@@ -137,6 +137,11 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     t0 = time.perf_counter()
     analysis = analyze(dense, example, cfg.min_keep)
     calib = _calibration(cfg, data, dense, example)
+    # With data: the first half re-estimates BN statistics and scores channels; the disjoint second half
+    # measures the losses that steer the allocation.
+    calib, eval_batches = (
+        (calib[: cfg.calib_batches], calib[cfg.calib_batches :]) if data is not None else (calib, calib)
+    )
     scores = compute_scores(dense, analysis, criterion, calib, seed=cfg.seed)
     value_mode = cfg.value if cfg.value != "auto" else ("sensitivity" if data is not None else "scores")
     # With real data, every pruned model gets its BatchNorm statistics re-estimated (all allocators alike).
@@ -170,11 +175,12 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     allocator = get_allocator(cfg.allocator)
     _log(progress, f"dense latency {t_dense.median * 1e3:.2f} ms; budget {budget.describe()} = {budget_s * 1e3:.2f} ms")
     if value_mode == "sensitivity" and cfg.allocator == "hw":
-        # Sensitivity curves around the uniform plan for the first aim: the regime the answer will be in.
-        around = get_allocator("uniform")(problem, budget_s * GOAL)
-        problem.widths_value = group_sensitivity(
-            dense, example, analysis, scores, calib, progress=progress, around=around
-        )
+        probe = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches)
+        problem.widths_value = group_sensitivity(probe, analysis, progress=progress)
+        knapsack = allocator
+
+        def allocator(problem, aim):  # noqa: F811 - the knapsack's answer, refined on the joint loss
+            return refine_by_loss(problem, probe, knapsack(problem, aim), aim)
 
     history = []
     candidates = []
