@@ -114,6 +114,6 @@ def test_refine_by_loss_never_worsens_the_loss_and_respects_the_target():
     problem.widths_value = group_sensitivity(probe, a, progress=False)
     target = 0.5 * problem.cost.predict(problem.cost.dense_widths())
     start = ALLOCATORS["hw"](problem, target)
-    got = refine_by_loss(problem, probe, start, target, max_evals=30)
+    got = refine_by_loss(problem, probe, [start, ALLOCATORS["uniform"](problem, target)], target, max_evals=30)
     assert problem.cost.predict(got) <= target
     assert probe(got) <= probe(start)

@@ -61,6 +61,46 @@ def get_example(name: str) -> Example:
     return EXAMPLES[name]
 
 
+def kd_loss(out, y, teacher_out, alpha: float = 0.5, temperature: float = 4.0):
+    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher || student at temperature T) (Hinton et al. 2015)."""
+    loss = F.cross_entropy(out, y)
+    if teacher_out is None:
+        return loss
+    kd = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(teacher_out / temperature, 1), reduction="batchmean")
+    return alpha * loss + (1 - alpha) * kd * temperature**2
+
+
+def train_steps(
+    model: nn.Module,
+    batches: list,
+    lr: float,
+    teacher: nn.Module | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> nn.Module:
+    """One optimisation step per (x, y) batch: AdamW with a one-cycle schedule, KD when `teacher` is given."""
+    if not batches:
+        return model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(batches))
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    with tqdm(batches, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        for x, y in bar:
+            out = model(x)
+            with torch.no_grad():
+                t = teacher(x) if teacher is not None else None
+            loss = kd_loss(out, y, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return model
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -69,48 +109,19 @@ def train(
     batch_size: int = 128,
     seed: int = 0,
     teacher: nn.Module | None = None,
-    alpha: float = 0.5,
-    temperature: float = 4.0,
     desc: str = "train",
     progress: bool = True,
 ) -> nn.Module:
-    """Adam + one-cycle schedule; with a `teacher`, adds knowledge distillation (Hinton et al. 2015)."""
+    """`epochs` passes over the training split in a seeded random order (see `train_steps`)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    steps = epochs * (len(data.x_train) // batch_size)
-    if steps == 0:
-        return model
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    if teacher is not None:
-        teacher.eval()
-    model.train()
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
-        for _ in range(epochs):
-            perm = torch.randperm(len(data.x_train), generator=g)
-            for i in range(len(perm) // batch_size):
-                idx = perm[i * batch_size : (i + 1) * batch_size]
-                x, y = data.x_train[idx], data.y_train[idx]
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t = teacher(x)
-                    kd = (
-                        F.kl_div(
-                            F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean"
-                        )
-                        * temperature**2
-                    )
-                    loss = alpha * loss + (1 - alpha) * kd
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return model
+    batches = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(data.x_train), generator=g)
+        for i in range(len(perm) // batch_size):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            batches.append((data.x_train[idx], data.y_train[idx]))
+    return train_steps(model, batches, lr, teacher, desc, progress)
 
 
 def trained_example(name: str, progress: bool = True) -> nn.Module:

@@ -38,6 +38,8 @@ GOAL = 0.91
 #: Accept a plan whose measured latency is within this band of the budget. The lower edge is above
 #: the 85% the core issue asks for: a plan far under budget throws accuracy away.
 ACCEPT_LOW, ACCEPT_HIGH = 0.87, 0.95
+#: Distillation steps (batches of 64) each candidate plan gets before its loss steers the hw allocator.
+SHORT_FINETUNE_STEPS = 20
 
 
 @dataclass
@@ -175,12 +177,15 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     allocator = get_allocator(cfg.allocator)
     _log(progress, f"dense latency {t_dense.median * 1e3:.2f} ms; budget {budget.describe()} = {budget_s * 1e3:.2f} ms")
     if value_mode == "sensitivity" and cfg.allocator == "hw":
-        probe = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches)
-        problem.widths_value = group_sensitivity(probe, analysis, progress=progress)
+        one_shot = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches)
+        problem.widths_value = group_sensitivity(one_shot, analysis, progress=progress)
+        short_ft = data.batches(64, SHORT_FINETUNE_STEPS, seed=cfg.seed + 1)
+        probe = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches, train_batches=short_ft)
         knapsack = allocator
 
         def allocator(problem, aim):  # noqa: F811 - the knapsack's answer, refined on the joint loss
-            return refine_by_loss(problem, probe, knapsack(problem, aim), aim)
+            starts = [knapsack(problem, aim), get_allocator("uniform")(problem, aim)]
+            return refine_by_loss(problem, probe, starts, aim)
 
     history = []
     candidates = []
