@@ -9,26 +9,15 @@ from hwprune.cli import main
 from hwprune.plan import Plan
 
 
+def prune_mlp(tiny_file, out, allocator="hw") -> int:
+    """`hwprune prune` of the test MLP at batch 64 to 0.6 of dense latency on the analytic target."""
+    args = ["prune", "--target", "analytic-test", "--model", f"{tiny_file}:mlp", "--batch-size", "64"]
+    return main(args + ["--budget", "0.6", "--allocator", allocator, "--quiet", "--out", str(out)])
+
+
 def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_file):
     out = tmp_path / "run1"
-    code = main(
-        [
-            "prune",
-            "--target",
-            "analytic-test",
-            "--model",
-            f"{tiny_file}:mlp",
-            "--batch-size",
-            "64",
-            "--budget",
-            "0.6",
-            "--allocator",
-            "hw",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    code = prune_mlp(tiny_file, out)
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["budget"]["met"]
@@ -60,47 +49,15 @@ def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_fil
         assert model(x).shape == (5, 10)
 
     # Second run on the same model: every table entry comes from the cache.
-    code = main(
-        [
-            "prune",
-            "--target",
-            "analytic-test",
-            "--model",
-            f"{tiny_file}:mlp",
-            "--batch-size",
-            "64",
-            "--budget",
-            "0.6",
-            "--quiet",
-            "--allocator",
-            "uniform",
-            "--out",
-            str(tmp_path / "run2"),
-        ]
-    )
+    code = prune_mlp(tiny_file, tmp_path / "run2", allocator="uniform")
     assert code == 0
     again = json.loads((tmp_path / "run2" / "report.json").read_text())
     assert again["latency_table"]["entries_measured"] == 0
     assert again["latency_table"]["cache_hits"] >= report["latency_table"]["entries_measured"]
 
     # The same --out is overwritten as a whole (it is an hwprune output).
-    main(
-        [
-            "prune",
-            "--target",
-            "analytic-test",
-            "--model",
-            f"{tiny_file}:mlp",
-            "--batch-size",
-            "64",
-            "--budget",
-            "0.6",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
-    assert json.loads((out / "report.json").read_text())["settings"]["allocator"] == "hw"
+    assert prune_mlp(tiny_file, out, allocator="global") == 0
+    assert json.loads((out / "report.json").read_text())["settings"]["allocator"] == "global"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
