@@ -6,8 +6,6 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .groups import _forward
-
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """correct / total."""
@@ -32,8 +30,3 @@ def macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     model.train(was)
     return int(macs), int(params)
-
-
-def check_runs(model: nn.Module, example_inputs) -> None:
-    with torch.no_grad():
-        _forward(model, example_inputs)

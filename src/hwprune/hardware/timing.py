@@ -54,11 +54,6 @@ def _summary(samples: Sequence[float]) -> Timing:
     return Timing(float(med), float(q1), float(q3), len(a))
 
 
-def time_callable(fn: Callable[[], object], protocol: TimingProtocol = MODEL_PROTOCOL) -> Timing:
-    """Median and IQR of `fn()` wall-clock time after a warm-up."""
-    return time_interleaved([fn], protocol)[0]
-
-
 def time_interleaved(fns: Sequence[Callable[[], object]], protocol: TimingProtocol = MODEL_PROTOCOL) -> list[Timing]:
     """Time several callables A B A B ... in one process (MEASURING.md rule 6); one Timing each."""
     with torch.inference_mode():
