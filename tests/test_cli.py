@@ -50,6 +50,8 @@ def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_fi
         (["--model", "{tiny}:tiny_cnn", "--allocator", "magic"], "unknown allocator 'magic'"),
         (["--model", "{tiny}:tiny_cnn", "--criterion", "vibes"], "unknown criterion 'vibes'"),
         (["--model", "{tiny}:tiny_cnn", "--finetune-epochs", "2"], "needs --data"),
+        (["--model", "{tiny}:tiny_cnn", "--value", "sensitivity"], "needs --data"),
+        (["--model", "{tiny}:tiny_cnn", "--value", "vibes"], "--value must be"),
         (["--model", "{tiny}:tiny_cnn", "--batch-size", "0"], "--batch-size"),
         (["--model", "{tiny}:tiny_cnn", "--budget", "1us"], "cannot be met"),
     ],

@@ -76,6 +76,8 @@ class PruneConfig:
         get_allocator(self.allocator)
         if self.value not in ("auto", "scores", "sensitivity"):
             raise HwpruneError("--value must be auto, scores or sensitivity")
+        if self.value == "sensitivity" and not self.data:
+            raise HwpruneError("--value sensitivity measures calibration loss: it needs --data")
         if self.criterion:
             get_criterion(self.criterion)
 
