@@ -9,7 +9,7 @@ prediction meets the target. `uniform` and `global` are the baselines on the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,6 +249,27 @@ def allocate_hw(problem: Problem, target: float) -> dict[str, int]:
     return max(polished, key=lambda w: sum(problem.value(g, x) for g, x in w.items()))
 
 
+def shift_moves(
+    candidates: dict[str, list[int]], widths: dict[str, int], step: Callable[[list[int]], int]
+) -> Iterator[dict[str, int]]:
+    """Neighbouring plans as {group: new width}: widen one group by `step(candidates)` positions, alone
+    or while narrowing one other group by its step. Widths not on a group's candidate list never move."""
+
+    def position(g: str) -> int:
+        return candidates[g].index(widths[g]) if widths[g] in candidates[g] else -1
+
+    for g_up, c_up in candidates.items():
+        i = position(g_up)
+        if not 0 <= i < len(c_up) - 1:
+            continue
+        up = c_up[min(len(c_up) - 1, i + step(c_up))]
+        yield {g_up: up}
+        for g_dn, c_dn in candidates.items():
+            j = position(g_dn)
+            if g_dn != g_up and j > 0:
+                yield {g_up: up, g_dn: c_dn[max(0, j - step(c_dn))]}
+
+
 def _exchange(problem: Problem, widths: dict[str, int], target: float, max_sweeps: int = 20) -> dict[str, int]:
     """Local search on the exact (pairwise) prediction: move one group to any width, or widen one group
     by a step while narrowing another by a step, whenever that keeps more importance within the target.
@@ -270,23 +291,15 @@ def _exchange(problem: Problem, widths: dict[str, int], target: float, max_sweep
                 trial = {**widths, g: w}
                 if cost.predict(trial) <= target:
                     best_gain, best_move = val[g][w] - val[g].get(widths[g], 0.0), trial
-        for g_up in gids:
-            i = cands[g_up].index(widths[g_up]) if widths[g_up] in cands[g_up] else -1
-            if i < 0 or i + 1 >= len(cands[g_up]):
+        for mv in shift_moves(cands, widths, lambda c: 1):
+            if len(mv) == 1:
+                continue  # single-group moves were all tried above
+            gain = sum(val[g][w] - val[g][widths[g]] for g, w in mv.items())
+            if gain <= best_gain:
                 continue
-            up = cands[g_up][i + 1]
-            gain_up = val[g_up][up] - val[g_up][widths[g_up]]
-            for g_dn in gids:
-                j = cands[g_dn].index(widths[g_dn]) if widths[g_dn] in cands[g_dn] else -1
-                if g_dn == g_up or j <= 0:
-                    continue
-                dn = cands[g_dn][j - 1]
-                gain = gain_up - (val[g_dn][widths[g_dn]] - val[g_dn][dn])
-                if gain <= best_gain:
-                    continue
-                trial = {**widths, g_up: up, g_dn: dn}
-                if cost.predict(trial) <= target:
-                    best_gain, best_move = gain, trial
+            trial = {**widths, **mv}
+            if cost.predict(trial) <= target:
+                best_gain, best_move = gain, trial
         if best_move is None:
             break
         widths = best_move

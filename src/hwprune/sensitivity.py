@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .allocate import Problem
+from .allocate import Problem, shift_moves
 from .apply import apply_plan, recalibrate_bn
 from .cost import _spread
 from .examples import train_steps
@@ -123,17 +123,7 @@ def refine_by_loss(
     start = probe.evaluations
     while probe.evaluations - start < max_evals:
         best, best_loss = None, cur_loss * (1 - MIN_GAIN)
-        moves = []
-        for g_up, c_up in cands.items():
-            i = c_up.index(cur[g_up]) if cur[g_up] in c_up else -1
-            if 0 <= i < len(c_up) - 1:
-                up = c_up[min(len(c_up) - 1, i + _step(c_up))]
-                moves.append({g_up: up})
-                for g_dn, c_dn in cands.items():
-                    j = c_dn.index(cur[g_dn]) if cur[g_dn] in c_dn else -1
-                    if g_dn != g_up and j > 0:
-                        moves.append({g_up: up, g_dn: c_dn[max(0, j - _step(c_dn))]})
-        for mv in moves:
+        for mv in list(shift_moves(cands, cur, _step)):
             trial = {**cur, **mv}
             if cost.predict(trial) > target:
                 continue
