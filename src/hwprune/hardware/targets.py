@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -13,7 +13,18 @@ from ..errors import HwpruneError
 from .fingerprint import fingerprint, fingerprint_key, physical_cores
 from .timing import FAST_PROTOCOL, MODEL_PROTOCOL, TABLE_PROTOCOL, Timing, TimingProtocol, time_interleaved
 
+#: What every target provides (duck-typed; see CpuTarget for the reference implementation):
+#:   name, description                      registry name and a one-line description (`hwprune targets`)
+#:   fingerprint() -> dict                  everything a measurement depends on (device, runtime, dtype, threads)
+#:   device_key() -> str                    a stable hash of the fingerprint: the latency-table key
+#:   time_layer(layer, x) -> Timing         latency of one freshly built layer on input x (the table's entries)
+#:   time_models(models, inputs, final=False) -> list[Timing]   interleaved whole-model latency
 TARGETS: dict[str, type] = {}
+#: Resolvers for names that are not fixed registry entries (e.g. `sim:jetson-orin-nano`, `my-board.yaml`):
+#: each takes the name and returns a factory (called with the target kwargs) or None if the name is not its.
+RESOLVERS: list[Callable[[str], Callable[..., object] | None]] = []
+#: Modules that register targets when imported; imported lazily so `import hwprune` stays light.
+_BUILTIN_MODULES = ("hwprune.hardware.ort", "hwprune.hardware.cuda", "hwprune.hardware.simulate")
 
 
 def register_target(name: str):
@@ -25,10 +36,40 @@ def register_target(name: str):
     return wrap
 
 
+def register_resolver(fn: Callable[[str], Callable[..., object] | None]):
+    RESOLVERS.append(fn)
+    return fn
+
+
+def _load_builtins() -> None:
+    import importlib
+
+    for mod in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError:
+            pass  # an optional dependency (e.g. onnxruntime) is missing: that target is simply not offered
+
+
+def list_targets() -> list[tuple[str, str]]:
+    """(name, one-line description) of every target, including each resolver's named entries."""
+    _load_builtins()
+    rows = [(n, getattr(c, "description", "")) for n, c in TARGETS.items()]
+    for r in RESOLVERS:
+        rows += list(getattr(r, "entries", lambda: [])())
+    return sorted(rows)
+
+
 def get_target(name: str, **kwargs):
-    if name not in TARGETS:
-        raise HwpruneError(f"unknown target '{name}'; choose one of: {', '.join(sorted(TARGETS))}")
-    return TARGETS[name](**kwargs)
+    _load_builtins()
+    if name in TARGETS:
+        return TARGETS[name](**kwargs)
+    for r in RESOLVERS:
+        factory = r(name)
+        if factory is not None:
+            return factory(**kwargs)
+    names = ", ".join(n for n, _ in list_targets())
+    raise HwpruneError(f"unknown target '{name}'; choose one of: {names} (or a spec .yaml file)")
 
 
 def _call(model: nn.Module, inputs):
