@@ -1,20 +1,32 @@
 """The measured latency table: SQLite on disk, keyed by device fingerprint + layer signature + widths.
 
 A second run on the same machine reuses every entry it can; a different fingerprint (another CPU,
-thread count, torch version or dtype) never sees the first machine's numbers.
+thread count, torch version or dtype) never sees the first machine's numbers. Several processes may
+profile into the same file at once (WAL mode, a busy timeout, and a retry on `database is locked`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import HwpruneError
 
 SCHEMA_VERSION = 1
+#: How long one statement waits on another process's write lock (SQLite's busy handler), seconds.
+BUSY_TIMEOUT_S = 30.0
+#: How long a write keeps retrying when SQLite still answers `database is locked` / `busy`: the busy handler
+#: is not called in every case (a WAL recovery, a journal-mode change on a new file, a snapshot upgrade).
+RETRY_S = 30.0
+
+_T = TypeVar("_T")
 
 
 def default_cache_dir() -> Path:
@@ -26,48 +38,202 @@ def default_cache_dir() -> Path:
     return Path(base) / "hwprune"
 
 
-class LatencyCache:
-    """Measured per-layer latencies in SQLite (WAL mode, so concurrent readers and writers are safe)."""
+def default_cache_path() -> Path:
+    return default_cache_dir() / "latency.sqlite"
 
-    def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else default_cache_dir() / "latency.sqlite"
+
+@dataclass(frozen=True)
+class Entry:
+    """One measured table entry of one device: a layer signature at (cin, cout), seconds."""
+
+    signature: str
+    cin: int
+    cout: int
+    median: float
+    iqr: float
+    n: int
+    created: float  # Unix time the entry was measured
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    device: str
+    fingerprint: dict
+    entries: int
+    layers: int  # distinct layer signatures
+    first: float | None  # oldest / newest entry, Unix time
+    last: float | None
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    """What `LatencyCache.merge` did: entries added, replaced by a newer one, kept (the existing one is newer)."""
+
+    added: int = 0
+    replaced: int = 0
+    kept: int = 0
+    devices_added: int = 0
+
+
+class CacheUnusable(HwpruneError):
+    """The file is not a readable cache of this schema; `problem` names why (the moved-aside file's tag)."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+def _is_locked(e: sqlite3.Error) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+def _fix_hint() -> str:
+    return "run `hwprune profile --rebuild` to move it aside and start a fresh one (or delete the file)"
+
+
+def _aside_name(path: Path, tag: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.name}.{tag}-{stamp}")
+    i = 1
+    while dest.exists():
+        dest = path.with_name(f"{path.name}.{tag}-{stamp}-{i}")
+        i += 1
+    return dest
+
+
+class LatencyCache:
+    """Measured per-layer latencies in SQLite (WAL mode, so concurrent readers and writers are safe).
+
+    `rebuild=True`: a file that is not a readable cache of this schema is moved aside to
+    `<name>.corrupt-<timestamp>` (or `<name>.schema<N>-<timestamp>`) and a fresh one is started; a healthy
+    file is kept as it is. `moved_aside` says where the old file went (None if nothing was moved).
+    """
+
+    def __init__(self, path: str | Path | None = None, rebuild: bool = False, timeout: float = BUSY_TIMEOUT_S):
+        self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        self.timeout = timeout
+        self.moved_aside: Path | None = None
         try:
-            self._db = sqlite3.connect(self.path, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-                CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, fingerprint TEXT);
-                CREATE TABLE IF NOT EXISTS entries (
-                    device TEXT, signature TEXT, cin INTEGER, cout INTEGER,
-                    median REAL, iqr REAL, n INTEGER, created REAL,
-                    PRIMARY KEY (device, signature, cin, cout));
-                """
-            )
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                self._db.commit()
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise HwpruneError(
-                    f"latency cache {self.path} has schema {row[0]}, this hwprune needs {SCHEMA_VERSION}; "
-                    "delete the file to rebuild it"
+            self._open()
+        except CacheUnusable as e:
+            if not rebuild:
+                raise
+            self.moved_aside = self._move_aside(e.problem)
+            self._open()
+
+    # -- opening, checking, recovering ------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as e:
+            raise HwpruneError(f"cannot open latency cache {self.path} ({e}); check the path and its permissions")
+        try:
+            self._retry(self._init_schema)
+        except HwpruneError:
+            self._db.close()
+            raise
+
+    def _init_schema(self) -> None:
+        db = self._db
+        try:
+            # Corruption in the header shows up on the first statement; deeper damage (a torn page) only
+            # on a read of that page, so quick_check walks the whole file once (milliseconds for a table).
+            db.execute("PRAGMA journal_mode=WAL")
+            # WAL + synchronous=NORMAL cannot corrupt the file on power loss, only drop the last commits
+            # (sqlite.org/pragma.html#pragma_synchronous); a lost entry is measured again next run.
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                db.execute("CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, fingerprint TEXT)")
+                db.execute(
+                    """CREATE TABLE IF NOT EXISTS entries (
+                        device TEXT, signature TEXT, cin INTEGER, cout INTEGER,
+                        median REAL, iqr REAL, n INTEGER, created REAL,
+                        PRIMARY KEY (device, signature, cin, cout))"""
                 )
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except sqlite3.DatabaseError as e:
-            raise HwpruneError(f"latency cache {self.path} is unreadable ({e}); delete the file to rebuild it") from e
+            if _is_locked(e):
+                raise
+            msg = f"latency cache {self.path} is corrupt or not a cache ({e}); {_fix_hint()}"
+            raise CacheUnusable(msg, "corrupt") from None
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            msg = f"latency cache {self.path} has schema {row[0]}, this hwprune needs {SCHEMA_VERSION}; {_fix_hint()}"
+            raise CacheUnusable(msg, f"schema{row[0]}")
+
+    def _move_aside(self, tag: str) -> Path:
+        """Rename the file (and its WAL/shared-memory sidecars, which must never meet a fresh file) aside."""
+        dest = _aside_name(self.path, tag)
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, dest.with_name(dest.name + suffix))
+        os.replace(self.path, dest)
+        return dest
+
+    def _retry(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn`; while SQLite says the file is locked, back off and run it again (up to RETRY_S)."""
+        deadline = time.monotonic() + RETRY_S
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.Error as e:
+                if not _is_locked(e):
+                    raise HwpruneError(f"latency cache {self.path} is corrupt ({e}); {_fix_hint()}") from None
+                if time.monotonic() > deadline:
+                    raise HwpruneError(
+                        f"latency cache {self.path} stayed locked by another process for over "
+                        f"{self.timeout + RETRY_S:.0f} s; stop the other hwprune or use another --cache"
+                    ) from None
+            # Jitter, so two writers that collided do not retry in lock step.
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+    def _write(self, statements: Callable[[sqlite3.Connection], _T]) -> _T:
+        """One transaction that takes the write lock up front (BEGIN IMMEDIATE), retried while locked."""
+
+        def tx() -> _T:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = statements(self._db)
+                self._db.execute("COMMIT")
+                return out
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+        return self._retry(tx)
+
+    # -- the table ----------------------------------------------------------------------------------------
 
     def register_device(self, key: str, fingerprint: dict) -> None:
-        self._db.execute("INSERT OR IGNORE INTO devices VALUES (?, ?)", (key, json.dumps(fingerprint, sort_keys=True)))
-        self._db.commit()
+        fp = json.dumps(fingerprint, sort_keys=True)
+        self._write(lambda db: db.execute("INSERT OR IGNORE INTO devices VALUES (?, ?)", (key, fp)))
 
     def get(self, device: str, signature: str, cin: int, cout: int) -> tuple[float, float] | None:
-        row = self._db.execute(
-            "SELECT median, iqr FROM entries WHERE device=? AND signature=? AND cin=? AND cout=?",
-            (device, signature, cin, cout),
-        ).fetchone()
+        row = self._retry(
+            lambda: self._db.execute(
+                "SELECT median, iqr FROM entries WHERE device=? AND signature=? AND cin=? AND cout=?",
+                (device, signature, cin, cout),
+            ).fetchone()
+        )
         if row is None:
             self.misses += 1
             return None
@@ -75,16 +241,94 @@ class LatencyCache:
         return float(row[0]), float(row[1])
 
     def put(self, device: str, signature: str, cin: int, cout: int, median: float, iqr: float, n: int) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (device, signature, cin, cout, median, iqr, n, time.time()),
-        )
-        self._db.commit()
+        row = (device, signature, cin, cout, median, iqr, n, time.time())
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
 
     def count(self, device: str | None = None) -> int:
         if device is None:
-            return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-        return self._db.execute("SELECT COUNT(*) FROM entries WHERE device=?", (device,)).fetchone()[0]
+            return self._retry(lambda: self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        return self._retry(
+            lambda: self._db.execute("SELECT COUNT(*) FROM entries WHERE device=?", (device,)).fetchone()[0]
+        )
+
+    def devices(self) -> dict[str, dict]:
+        """Device key -> fingerprint, for every device registered in this file."""
+        rows = self._retry(lambda: self._db.execute("SELECT device, fingerprint FROM devices").fetchall())
+        return {k: json.loads(fp) for k, fp in sorted(rows)}
+
+    def entries(self, device: str) -> list[Entry]:
+        rows = self._retry(
+            lambda: self._db.execute(
+                "SELECT signature, cin, cout, median, iqr, n, created FROM entries WHERE device=? "
+                "ORDER BY signature, cin, cout",
+                (device,),
+            ).fetchall()
+        )
+        return [Entry(*r) for r in rows]
+
+    def summary(self) -> list[DeviceSummary]:
+        """Every device (registered or with entries): its fingerprint, entry and layer counts, date range."""
+        stats = {
+            r[0]: r[1:]
+            for r in self._retry(
+                lambda: self._db.execute(
+                    "SELECT device, COUNT(*), COUNT(DISTINCT signature), MIN(created), MAX(created) "
+                    "FROM entries GROUP BY device"
+                ).fetchall()
+            )
+        }
+        fps = self.devices()
+        out = []
+        for key in sorted(set(fps) | set(stats)):
+            n, layers, first, last = stats.get(key, (0, 0, None, None))
+            out.append(DeviceSummary(key, fps.get(key, {}), n, layers, first, last))
+        return out
+
+    def merge(self, devices: dict[str, tuple[dict, Iterable[Entry]]]) -> MergeCounts:
+        """Merge other tables in, all or nothing (one transaction).
+
+        On a conflict (same device, signature and widths) the entry measured later (`created`) wins; on a tie
+        the existing one is kept. A device key already here with a different fingerprint is refused: the
+        key names one machine configuration, and mixing two under it would corrupt both tables.
+        """
+
+        def statements(db: sqlite3.Connection) -> MergeCounts:
+            mine = {k: json.loads(fp) for k, fp in db.execute("SELECT device, fingerprint FROM devices")}
+            for key, (fp, _) in devices.items():
+                if key in mine and mine[key] != fp:
+                    raise HwpruneError(
+                        f"device {key} is in {self.path} with a different fingerprint than in the import; "
+                        "import into another cache (--cache)"
+                    )
+            added = replaced = kept = new_devices = 0
+            for key, (fp, entries) in devices.items():
+                cur = db.execute("INSERT OR IGNORE INTO devices VALUES (?, ?)", (key, json.dumps(fp, sort_keys=True)))
+                new_devices += cur.rowcount
+                for e in entries:
+                    old = db.execute(
+                        "SELECT created FROM entries WHERE device=? AND signature=? AND cin=? AND cout=?",
+                        (key, e.signature, e.cin, e.cout),
+                    ).fetchone()
+                    if old is not None and old[0] >= e.created:
+                        kept += 1
+                        continue
+                    db.execute(
+                        "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (key, e.signature, e.cin, e.cout, e.median, e.iqr, e.n, e.created),
+                    )
+                    if old is None:
+                        added += 1
+                    else:
+                        replaced += 1
+            return MergeCounts(added, replaced, kept, new_devices)
+
+        return self._write(statements)
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> LatencyCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
