@@ -1,14 +1,24 @@
-"""Stage 2: a score per channel of each group, from a criterion found by name in a registry.
+"""Stage 2: importance scores, from a criterion found by name in a registry.
 
-Every criterion scores the parameter slices a channel owns in every layer of its group (the root's
-filters, the BN entries, the consumers' input columns) and the group's score is the *sum* over those
-slices (Torch-Pruning's default group reduction; Molchanov et al. 2019 sum Taylor terms the same way).
+Two granularities share one registry:
+
+- *Channel level* (`compute_scores`): a score per channel of each coupled group. Most criteria score
+  every parameter entry a channel owns in its group (the root's filters, the BN entries, the consumers'
+  input columns) and *sum* those slices (Torch-Pruning's default group reduction; Molchanov et al. 2019
+  sum Taylor terms the same way). Criteria defined on the unit itself (activation, APoZ, loss change)
+  are measured on the group's output instead; each criterion's `aggregation` says which.
+- *Weight level* (`weight_scores`): a score per entry of every Conv/Linear `.weight`, for unstructured
+  and N:M masks. Unit-level criteria have no per-weight form and say so.
+
+Higher scores are always more important. Data-driven criteria use cross-entropy on (x, y) calibration
+batches with the model in eval mode; no gradient, hook or mode change is left on the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,32 +26,113 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import HwpruneError
-from .groups import GroupAnalysis, _forward
+from .groups import PRUNABLE_TYPES, GroupAnalysis, _forward
+
+CHANNEL, HEAD, BLOCK, WEIGHT = "channel", "head", "block", "weight"
+ALL_GRANULARITIES = (CHANNEL, HEAD, BLOCK, WEIGHT)
+
+SUM_OF_SLICES = "sum over every parameter slice the unit owns in its group (root rows, norm entries, consumer columns)"
+ON_UNIT_OUTPUT = (
+    "measured on the unit's output: the group root's output channel, after the normalisation layer that "
+    "directly follows the root when the group has one"
+)
+
+#: Norm layers whose output stands for the unit's output when they directly follow the group root.
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Stats:
+    """What an element-wise criterion may read for one parameter (or one slice of it).
+
+    grad: dL/dw of the mean calibration loss; grad_sq: mean over batches of the per-batch (dL/dw)^2;
+    xnorm: for Conv/Linear weights, the L2 norm of the input column each weight multiplies (Wanda), of
+    the weight's shape; None where a statistic was not collected or does not apply (biases, norms).
+    """
+
+    grad: torch.Tensor | None = None
+    grad_sq: torch.Tensor | None = None
+    xnorm: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+    def select(self, dim: int, idx: torch.Tensor) -> Stats:
+        pick = lambda t: t.index_select(dim, idx.to(t.device)).double() if t is not None else None  # noqa: E731
+        return Stats(pick(self.grad), pick(self.grad_sq), pick(self.xnorm), self.generator)
+
+
+ElementFn = Callable[[torch.Tensor, Stats, dict], torch.Tensor]
+UnitFn = Callable[[nn.Module, GroupAnalysis, Batches, Callable, dict], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class Criterion:
-    """A named scoring rule. `needs_grad`: it back-propagates calibration batches.
+    """A named scoring rule.
 
-    `comparable`: its scores are in the same units in every group (a loss change), so allocators may
-    compare channels across groups as they are; otherwise each group's scores are divided by their mean.
+    `element`: per-entry score of a parameter (weight level, and summed over slices at channel level);
+    `finish`: optional map applied to a unit's summed slices (redundancy's saturation); `unit`: a rule
+    that scores a group's channels directly (measured on outputs), for criteria with no per-weight form.
+    `needs`: statistics it reads: "grad", "grad_sq", "xnorm" (all need calibration data) or "data".
+    `comparable`: its scores are in the same units in every group (a loss change, a fraction), so
+    allocators may compare channels across groups as they are; otherwise each group's scores are divided
+    by their mean. `params`: the parameters it takes, with their defaults.
     """
 
     name: str
-    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (param slice, grad slice) -> per element
-    needs_grad: bool
-    comparable: bool
     description: str
+    granularities: tuple[str, ...]
+    aggregation: str
+    comparable: bool
+    needs: frozenset[str] = frozenset()
+    params: dict[str, float] = field(default_factory=dict)
+    element: ElementFn | None = None
+    finish: Callable[[torch.Tensor, dict], torch.Tensor] | None = None
+    unit: UnitFn | None = None
+
+    @property
+    def needs_grad(self) -> bool:
+        return bool(self.needs & {"grad", "grad_sq"})
+
+    @property
+    def needs_data(self) -> bool:
+        return bool(self.needs)
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, needs_grad: bool, comparable: bool, description: str):
-    """Decorator: add an element-wise scoring function to the registry under `name`."""
+def register_criterion(
+    name: str,
+    *,
+    description: str,
+    comparable: bool,
+    needs: Iterable[str] = (),
+    granularities: Iterable[str] = ALL_GRANULARITIES,
+    aggregation: str = SUM_OF_SLICES,
+    params: dict[str, float] | None = None,
+    finish: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
+    unit: bool = False,
+):
+    """Decorator: add a criterion under `name`.
+
+    The decorated function is an element rule `fn(w, stats, params) -> per-entry scores` or, with
+    `unit=True`, a unit rule `fn(model, analysis, batches, loss_fn, params) -> {group id: scores}`.
+    """
 
     def wrap(fn):
-        CRITERIA[name] = Criterion(name, fn, needs_grad, comparable, description)
+        CRITERIA[name] = Criterion(
+            name,
+            description,
+            tuple(granularities),
+            aggregation,
+            comparable,
+            frozenset(needs),
+            dict(params or {}),
+            None if unit else fn,
+            finish,
+            fn if unit else None,
+        )
         return fn
 
     return wrap
@@ -53,32 +144,298 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-@register_criterion("l1", needs_grad=False, comparable=False, description="sum of |w| over a channel's weights")
-def _l1(w, g):
+def list_criteria() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, one-line description, granularities) of every registered criterion, sorted by name."""
+    return [(c.name, c.description, c.granularities) for c in sorted(CRITERIA.values(), key=lambda c: c.name)]
+
+
+def _params(crit: Criterion, params: dict | None) -> dict:
+    """The criterion's defaults overridden by `params`; unknown names and non-positive values are errors."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(crit.params))
+    if unknown:
+        takes = ", ".join(f"{k} (default {v})" for k, v in crit.params.items()) or "no parameters"
+        raise HwpruneError(f"criterion '{crit.name}' has no parameter '{unknown[0]}'; it takes {takes}")
+    for k, v in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise HwpruneError(f"criterion '{crit.name}' parameter '{k}' must be a positive number, got {v!r}")
+        if isinstance(crit.params[k], int) and int(v) != v:
+            raise HwpruneError(f"criterion '{crit.name}' parameter '{k}' must be a whole number, got {v!r}")
+    return {**crit.params, **params}
+
+
+# --- element criteria (channel level: summed over slices; weight level: as they are) -------------------
+
+
+@register_criterion("l1", description="magnitude |w|", comparable=False)
+def _l1(w, s, p):
     return w.abs()
 
 
-@register_criterion("l2", needs_grad=False, comparable=False, description="sum of w^2 over a channel's weights")
-def _l2(w, g):
+@register_criterion("l2", description="squared magnitude w^2", comparable=False)
+def _l2(w, s, p):
     return w.pow(2)
 
 
 @register_criterion(
-    "taylor",
-    needs_grad=True,
-    comparable=True,
-    description="first-order Taylor |w * dL/dw| on calibration batches (Molchanov et al. 2019)",
+    "redundancy",
+    description="neuron redundancy r_i = S_i / (S_i + lambda), S_i = sum of the unit's squared weights",
+    comparable=True,  # dimensionless, in [0, 1) in every group
+    granularities=(CHANNEL, HEAD),
+    aggregation="S_i summed over every parameter slice the unit owns in its group, then r_i = S_i / (S_i + lambda)",
+    # lambda = 1: PyTorch's default init (uniform in +-1/sqrt(fan_in)) gives a unit S ~ 1/3 per fan-in
+    # side, so r sits in its unsaturated range (~0.25-0.5) instead of at 0 or 1.
+    params={"lambda": 1.0},
+    finish=lambda total, p: total / (total + p["lambda"]),
 )
-def _taylor(w, g):
-    return (w * g).abs()
+def _redundancy(w, s, p):
+    return w.pow(2)
 
 
-@register_criterion("random", needs_grad=False, comparable=True, description="uniform random scores (a baseline)")
-def _random(w, g):
-    return torch.rand_like(w)
+@register_criterion(
+    "gradient", description="gradient sensitivity |dL/dw| on calibration batches", comparable=False, needs={"grad"}
+)
+def _gradient(w, s, p):
+    return s.grad.abs() if s.grad is not None else None
 
 
-def _channel_slices(module: nn.Module, side: str, idxs: list[int]) -> Iterable[tuple[torch.Tensor, int]]:
+@register_criterion(
+    "taylor",
+    description="first-order Taylor |w * dL/dw| on calibration batches (Molchanov et al. 2019)",
+    comparable=True,
+    needs={"grad"},
+)
+def _taylor(w, s, p):
+    return (w * s.grad).abs() if s.grad is not None else None
+
+
+@register_criterion(
+    "hessian",
+    description="OBD saliency 1/2 F_ii w^2, F = diagonal Fisher from per-batch gradients (LeCun et al. 1990)",
+    comparable=True,  # a predicted loss change, like taylor
+    needs={"grad_sq"},
+)
+def _hessian(w, s, p):
+    # OBD's diagonal Hessian approximated by the empirical Fisher: mean over batches of squared gradients.
+    return 0.5 * s.grad_sq * w.pow(2) if s.grad_sq is not None else None
+
+
+@register_criterion(
+    "wanda",
+    description="|W_ij| * ||X_j||_2, X_j the input column a weight multiplies (Sun et al. 2023; conv: im2col column)",
+    comparable=False,
+    needs={"xnorm"},
+    aggregation=SUM_OF_SLICES + "; biases and norm entries multiply no input and add 0",
+)
+def _wanda(w, s, p):
+    return w.abs() * s.xnorm if s.xnorm is not None else torch.zeros_like(w)
+
+
+@register_criterion("random", description="uniform random scores (a baseline)", comparable=True)
+def _random(w, s, p):
+    return torch.rand(w.shape, generator=s.generator, dtype=torch.float64).to(w.device)
+
+
+# --- statistics -------------------------------------------------------------------------------------------
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+class _EvalMode:
+    """Eval mode for the duration; the caller's mode comes back afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
+def _gradient_stats(
+    model: nn.Module, batches: Batches, loss_fn: Callable, want_sq: bool
+) -> tuple[dict[nn.Parameter, torch.Tensor], dict[nn.Parameter, torch.Tensor]]:
+    """Mean gradient and (if asked) mean squared per-batch gradient of every trainable parameter.
+
+    `torch.autograd.grad` returns the gradients instead of accumulating them in `.grad`, so the model's
+    own `.grad` fields are never touched.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_sum: dict[nn.Parameter, torch.Tensor] = {}
+    sq_sum: dict[nn.Parameter, torch.Tensor] = {}
+    device = _device(model)
+    with _EvalMode(model), torch.enable_grad():
+        for x, y in batches:
+            loss = loss_fn(_forward(model, _to(x, device)), _to(y, device))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for p, g in zip(params, grads, strict=True):
+                if g is None:
+                    continue
+                g = g.detach().float()
+                g_sum[p] = g_sum[p] + g if p in g_sum else g.clone()
+                if want_sq:
+                    sq_sum[p] = sq_sum[p] + g * g if p in sq_sum else g * g
+    n = len(batches)
+    return {p: g / n for p, g in g_sum.items()}, {p: g / n for p, g in sq_sum.items()}
+
+
+def _conv_column_sq(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of each im2col input column of a conv: shape (in_channels, *kernel_size).
+
+    Column (c, k) holds input channel c at kernel offset k for every output position and sample (the
+    unfolded matrix a conv multiplies its weights with); padding entries count as the padding mode makes them.
+    """
+    nd = len(module.kernel_size)
+    if x.dim() == nd + 1:  # unbatched input
+        x = x.unsqueeze(0)
+    x = x.detach().float()
+    pad = module._reversed_padding_repeated_twice
+    if any(pad):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, pad, mode=mode)
+    x2 = x * x
+    spatial = x2.shape[2:]
+    k, s, d = module.kernel_size, module.stride, module.dilation
+    out_len = [(spatial[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd)]
+    col = torch.zeros((x2.shape[1], *k), device=x2.device)
+    for off in itertools.product(*(range(ki) for ki in k)):
+        window = tuple(slice(off[i] * d[i], off[i] * d[i] + (out_len[i] - 1) * s[i] + 1, s[i]) for i in range(nd))
+        col[(slice(None), *off)] = x2[(slice(None), slice(None), *window)].sum(dim=[0, *range(2, 2 + nd)])
+    return col
+
+
+def _input_norms(model: nn.Module, batches: Batches, modules: dict[str, nn.Module]) -> dict[nn.Module, torch.Tensor]:
+    """For each Conv/Linear that runs: ||X_j||_2 of the input column each weight entry multiplies,
+    over all calibration samples (and positions/tokens), in the shape of the module's weight."""
+    sq: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(mod, args, out):
+        x = args[0]
+        if isinstance(mod, nn.Linear):
+            v = x.detach().float().reshape(-1, mod.in_features).pow(2).sum(0)
+        else:
+            v = _conv_column_sq(mod, x)
+        sq[mod] = sq[mod] + v if mod in sq else v
+
+    handles = [m.register_forward_hook(hook) for m in modules.values()]
+    device = _device(model)
+    try:
+        with _EvalMode(model), torch.no_grad():
+            for x, _y in batches:
+                _forward(model, _to(x, device))
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[nn.Module, torch.Tensor] = {}
+    for m, v in sq.items():
+        norm = v.sqrt()
+        if isinstance(m, nn.Linear):
+            out[m] = norm.expand(m.out_features, m.in_features)
+        else:
+            # Weight [o, c'] multiplies input channel (o // out-per-group) * in-per-group + c'.
+            cpg, opg = m.in_channels // m.groups, m.out_channels // m.groups
+            o = torch.arange(m.out_channels, device=norm.device)
+            idx = (o // opg).unsqueeze(1) * cpg + torch.arange(cpg, device=norm.device)
+            out[m] = norm[idx]
+    return out
+
+
+@dataclass
+class _Collected:
+    grad: dict = field(default_factory=dict)
+    grad_sq: dict = field(default_factory=dict)
+    xnorm: dict = field(default_factory=dict)
+
+
+def _collect(
+    crit: Criterion, model: nn.Module, batches: Batches | None, loss_fn: Callable, modules: dict[str, nn.Module]
+) -> _Collected:
+    if crit.needs_data and not batches:
+        raise HwpruneError(
+            f"criterion '{crit.name}' needs calibration data; pass --data or choose one of: "
+            + ", ".join(sorted(c.name for c in CRITERIA.values() if not c.needs_data))
+        )
+    got = _Collected()
+    if crit.needs_grad:
+        got.grad, got.grad_sq = _gradient_stats(model, batches, loss_fn, "grad_sq" in crit.needs)
+    if "xnorm" in crit.needs:
+        got.xnorm = _input_norms(model, batches, modules)
+    return got
+
+
+# --- weight level -----------------------------------------------------------------------------------------
+
+
+def weight_scores(
+    model: nn.Module,
+    criterion: str,
+    batches: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    params: dict | None = None,
+    layers: list[str] | None = None,
+    *,
+    seed: int = 0,
+    loss_fn: Callable | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-weight scores of every Conv/Linear (or of `layers`): module name -> tensor of its weight's shape.
+
+    Higher is more important; float32 on the weight's device. The caller decides which layers to mask.
+    Unit-level criteria (no per-weight form) raise HwpruneError.
+    """
+    crit = get_criterion(criterion)
+    if WEIGHT not in crit.granularities:
+        weight_level = sorted(c.name for c in CRITERIA.values() if WEIGHT in c.granularities)
+        raise HwpruneError(
+            f"criterion '{criterion}' scores whole units ({', '.join(crit.granularities)}), not single weights; "
+            f"for weight-level sparsity choose one of: {', '.join(weight_level)}"
+        )
+    p = _params(crit, params)
+    named = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    if layers is not None:
+        missing = [n for n in layers if n not in named]
+        if missing:
+            raise HwpruneError(f"layer '{missing[0]}' is not a Conv/Linear module of the model")
+        named = {n: named[n] for n in layers}
+    got = _collect(crit, model, batches, loss_fn or F.cross_entropy, named)
+    gen = torch.Generator().manual_seed(seed)
+    scores: dict[str, torch.Tensor] = {}
+    missing_stats = []
+    with torch.no_grad():
+        for name, m in named.items():
+            w = m.weight.detach()
+            st = Stats(got.grad.get(m.weight), got.grad_sq.get(m.weight), got.xnorm.get(m), gen)
+            if ("xnorm" in crit.needs and st.xnorm is None) or (crit.needs_grad and st.grad is None):
+                missing_stats.append(name)
+                continue
+            scores[name] = crit.element(w.float(), st, p).float().to(w.device)
+    if missing_stats:
+        what = "inputs (it never ran as a module)" if "xnorm" in crit.needs else "gradient (frozen or unused)"
+        raise HwpruneError(
+            f"criterion '{criterion}' could not see the {what} of layer(s) {', '.join(missing_stats[:5])}; "
+            "leave them out with layers=[...] or choose a magnitude criterion (l1, l2)"
+        )
+    return scores
+
+
+# --- channel level ----------------------------------------------------------------------------------------
+
+
+def _channel_slices(module: nn.Module, side: str) -> Iterable[tuple[torch.Tensor, int]]:
     """(parameter, channel dim) pairs that a channel owns in `module` on the given side."""
     for pname in ("weight", "bias"):
         p = getattr(module, pname, None)
@@ -101,24 +458,21 @@ def compute_scores(
     calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     loss_fn: Callable | None = None,
     seed: int = 0,
+    params: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every channel of every group; returns group id -> scores (float64, one per channel)."""
     crit = get_criterion(criterion)
-    torch.manual_seed(seed)
-    grads: dict[nn.Parameter, torch.Tensor] = {}
-    if crit.needs_grad:
-        if not calibration:
-            raise HwpruneError(f"criterion '{criterion}' needs calibration data; pass --data or choose l1/l2")
-        was_training = model.training
-        model.eval()
-        model.zero_grad(set_to_none=True)
-        loss_fn = loss_fn or F.cross_entropy
-        for x, y in calibration:
-            loss = loss_fn(_forward(model, x), y)
-            loss.backward()
-        grads = {p: p.grad.detach().clone() for p in model.parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+    if CHANNEL not in crit.granularities:
+        raise HwpruneError(f"criterion '{criterion}' does not score channels (it scores: {crit.granularities})")
+    p = _params(crit, params)
+    loss_fn = loss_fn or F.cross_entropy
+    if crit.unit is not None:
+        if crit.needs_data and not calibration:
+            _collect(crit, model, calibration, loss_fn, {})  # raises the no-data error
+        return crit.unit(model, analysis, calibration, loss_fn, p)
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    got = _collect(crit, model, calibration, loss_fn, modules)
+    gen = torch.Generator().manual_seed(seed)
 
     scores: dict[str, np.ndarray] = {}
     with torch.no_grad():
@@ -131,17 +485,19 @@ def compute_scores(
                 side = "out" if analysis.graph.is_out_channel_pruning_fn(dep.handler) else "in"
                 root_idxs = torch.as_tensor(dep_root_idxs(dep, idxs, analysis.tp_groups[g.id]))
                 local = torch.as_tensor(list(idxs))
-                for p, dim in _channel_slices(module, side, list(idxs)):
-                    if p.shape[dim] <= int(local.max()):
+                for prm, dim in _channel_slices(module, side):
+                    if prm.shape[dim] <= int(local.max()):
                         continue
-                    grad = grads.get(p)
-                    if crit.needs_grad and grad is None:
+                    xnorm = got.xnorm.get(module) if prm is getattr(module, "weight", None) else None
+                    st = Stats(got.grad.get(prm), got.grad_sq.get(prm), xnorm, gen)
+                    if crit.needs_grad and st.grad is None and st.grad_sq is None:
                         continue
-                    w = p.detach().index_select(dim, local)
-                    gsl = grad.index_select(dim, local) if grad is not None else None
-                    per = crit.fn(w.double(), gsl.double() if gsl is not None else None)
-                    per = per.transpose(0, dim).reshape(len(local), -1).sum(1)
+                    w = prm.detach().index_select(dim, local.to(prm.device)).double()
+                    per = crit.element(w, st.select(dim, local), p)
+                    per = per.transpose(0, dim).reshape(len(local), -1).sum(1).cpu()
                     total.index_add_(0, root_idxs, per)
+            if crit.finish is not None:
+                total = crit.finish(total, p)
             scores[g.id] = total.numpy()
     return scores
 
