@@ -1,0 +1,205 @@
+"""ONNX Runtime on this machine's CPU: the `cpu-ort` target, and `export_onnx` for deploying a pruned model.
+
+A model pruned for `cpu` (torch eager) is not necessarily the best one for ONNX Runtime: ORT fuses
+Conv+BN+ReLU, pre-packs weights and picks its own kernels (MLAS), so its latency staircase differs and
+the table is measured through ORT itself. Every layer and model is exported to ONNX in memory with
+torch's TorchScript-based exporter (it runs offline and exports a layer in ~0.1 s; the torch.export-based
+one takes ~3 s per layer here, too slow for a table of hundreds of entries) and timed with
+`InferenceSession.run` by the protocol of MEASURING.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+
+from ..errors import HwpruneError
+from .fingerprint import fingerprint, fingerprint_key, physical_cores
+from .targets import register_target
+from .timing import FAST_PROTOCOL, MODEL_PROTOCOL, TABLE_PROTOCOL, Timing, TimingProtocol, time_interleaved
+
+#: ONNX opset of every export: 17 has LayerNormalization as one op (ViT, transformers) and every
+#: torchvision classifier exports with it; ORT 1.32 runs opsets up to 23.
+OPSET = 17
+PROVIDER = "CPUExecutionProvider"
+
+
+def _as_args(inputs) -> tuple[tuple, dict]:
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _input_names(inputs) -> list[str]:
+    if isinstance(inputs, dict):
+        return list(inputs)
+    n = len(inputs) if isinstance(inputs, (tuple, list)) else 1
+    return [f"input_{i}" for i in range(n)]
+
+
+def _input_arrays(inputs) -> dict[str, np.ndarray]:
+    """The inputs as numpy arrays by ONNX input name, converted once (outside every timed region)."""
+    args, kwargs = _as_args(inputs)
+    values = list(kwargs.values()) if kwargs else list(args)
+    return {n: np.ascontiguousarray(v.detach().cpu().numpy()) for n, v in zip(_input_names(inputs), values)}
+
+
+def _export(model: nn.Module, inputs, f) -> None:
+    args, kwargs = _as_args(inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter warns that it is deprecated, and about traced Python numbers; the
+            # exported graph is checked by running it in ORT, so these say nothing about this model.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                args,
+                f,
+                kwargs=kwargs or None,
+                input_names=_input_names(inputs),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except HwpruneError:
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise HwpruneError(
+            f"cannot export {type(model).__name__} to ONNX ({type(e).__name__}: {msg}); "
+            "use a torch target (e.g. --target cpu) for this model"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def onnx_bytes(model: nn.Module, inputs) -> bytes:
+    """The model as a serialized ONNX graph (opset OPSET), traced on `inputs`; HwpruneError if it cannot be."""
+    f = io.BytesIO()
+    _export(model, inputs, f)
+    return f.getvalue()
+
+
+def export_onnx(model: nn.Module, inputs, path: str | Path) -> Path:
+    """Write `model` (e.g. a pruned one) as an ONNX file for deployment in ONNX Runtime.
+
+    The file appears whole or not at all (written to a temporary sibling, then renamed). The input
+    shapes are fixed to those of `inputs`, as the latency was measured on them.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        _export(model, inputs, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Fixed threads, sequential execution, all graph optimisations (MEASURING.md rule 1)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Worker threads spin only while a run is active. By default they keep spinning after `run` returns,
+    # and in interleaved timing (A B A B) session A's idle spinners would steal cores from session B.
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    so.log_severity_level = 3  # errors only: ORT warns about unused initializers of traced graphs
+    return so
+
+
+class _Runner:
+    """One ORT session with its inputs bound as numpy arrays: calling it runs the model once."""
+
+    def __init__(self, model: nn.Module, inputs, threads: int):
+        graph = onnx_bytes(model, inputs)
+        try:
+            self.session = ort.InferenceSession(graph, session_options(threads), providers=[PROVIDER])
+        except Exception as e:
+            raise HwpruneError(
+                f"ONNX Runtime cannot load the exported {type(model).__name__} "
+                f"({type(e).__name__}: {str(e).strip()[:200]}); use --target cpu for this model"
+            ) from None
+        arrays = _input_arrays(inputs)
+        # Constant folding can drop an input the graph never reads; feed only those the session declares.
+        self.feed = {i.name: arrays[i.name] for i in self.session.get_inputs()}
+
+    def __call__(self):
+        return self.session.run(None, self.feed)
+
+
+def _model_key(model: nn.Module) -> tuple:
+    return (id(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+
+
+@register_target("cpu-ort")
+class OrtCpuTarget:
+    """This machine's CPU through ONNX Runtime's CPU execution provider, float32, fixed intra-op threads."""
+
+    description = "this machine's CPU, ONNX Runtime (CPU EP, all graph optimisations), float32, fixed threads"
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        table_protocol: TimingProtocol = TABLE_PROTOCOL,
+        model_protocol: TimingProtocol = MODEL_PROTOCOL,
+    ):
+        self.threads = threads or physical_cores()
+        if os.environ.get("HWPRUNE_TIMING") == "fast":
+            # Tests and smoke runs only: 3 calls per figure, so the plumbing runs in seconds; the figures are noise.
+            table_protocol = model_protocol = FAST_PROTOCOL
+        self.table_protocol = table_protocol
+        self.model_protocol = model_protocol
+        # The pipeline's own torch work (tracing, surgery) keeps the same thread count as the sessions.
+        torch.set_num_threads(self.threads)
+
+    def fingerprint(self) -> dict:
+        return {
+            **fingerprint(self.threads, runtime=f"onnxruntime {ort.__version__}"),
+            "provider": PROVIDER,
+            "opset": OPSET,
+            "inter_op_threads": 1,
+            "graph_optimization": "ORT_ENABLE_ALL",
+        }
+
+    def device_key(self) -> str:
+        return fingerprint_key(self.fingerprint())
+
+    def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
+        return time_interleaved([_Runner(layer, x, self.threads)], self.table_protocol)[0]
+
+    def time_models(self, models: Sequence[nn.Module], inputs, final: bool = False) -> list[Timing]:
+        """Interleaved timing of several models' ORT sessions on the same inputs (A B A B ...).
+
+        Each distinct model is exported once per call. `final`: the report's figure, timed 4x as long.
+        """
+        runners: dict[tuple, _Runner] = {}
+        fns = []
+        for m in models:
+            key = _model_key(m)
+            if key not in runners:
+                runners[key] = _Runner(m, inputs, self.threads)
+            fns.append(runners[key])
+        protocol = self.model_protocol
+        if final:
+            protocol = replace(protocol, min_calls=protocol.min_calls * 2, min_s=protocol.min_s * 4)
+        return time_interleaved(fns, protocol)
