@@ -10,7 +10,7 @@ prediction meets the target. `uniform` and `global` are the baselines on the sam
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -370,3 +370,78 @@ def allocate_global(problem: Problem, target: float) -> dict[str, int]:
         return {g: max(mins[g], int((s >= tau).sum())) for g, s in problem.scores.items()}
 
     return _bisect(make, problem, target, 0.0, top * 1.0001, fits_at_hi=True)
+
+
+class _WeightedSum:
+    """A layer curve that is a weighted sum of several figures' curves for the same layer."""
+
+    def __init__(self, parts: list[tuple[float, Callable[[int, int], float]]]):
+        self.parts = parts
+
+    def __call__(self, c_in: int, c_out: int) -> float:
+        return sum(w * curve(c_in, c_out) for w, curve in self.parts)
+
+
+def surrogate_cost(costs: list[CostModel], weights: list[float]) -> CostModel:
+    """sum_k weights[k] * costs[k] as one CostModel, so every allocator can plan against it unchanged."""
+    base = costs[0]
+    curves = {name: _WeightedSum([(w, c.curves[name]) for w, c in zip(weights, costs)]) for name in base.curves}
+    return CostModel(
+        base.analysis,
+        curves,
+        r0=sum(w * c.r0 for w, c in zip(weights, costs)),
+        r1=sum(w * c.r1 for w, c in zip(weights, costs)),
+    )
+
+
+#: Rounds of weight updates for several limits at once, and the step of the multiplicative update.
+SURROGATE_ROUNDS = 12
+SURROGATE_STEP = 2.0
+
+
+def allocate_constrained(
+    allocator: Callable[[Problem, float], dict[str, int]],
+    problem: Problem,
+    costs: list[CostModel],
+    limits: list[float],
+) -> tuple[dict[str, int], Problem]:
+    """Widths whose predicted figure k is <= limits[k] for every k (latency, memory, energy, ...).
+
+    Surrogate-constraint duality (Glover 1975): the k constraints are replaced by one, sum_k mu_k *
+    cost_k / limit_k <= 1 with sum mu = 1, which every plan feasible for all k satisfies; the allocator
+    solves that, and mu moves multiplicatively toward the constraints the answer violates. The best
+    answer feasible for every k (by kept value) is returned with the surrogate problem it was found on
+    (so a refining allocator can continue on it). If no round is feasible, the surrogate's right-hand
+    side is bisected down until it is.
+    """
+    k = len(costs)
+    mu = np.full(k, 1.0 / k)
+
+    def solve(mu: np.ndarray, rhs: float = 1.0):
+        surrogate = replace(problem, cost=surrogate_cost(costs, list(mu / np.asarray(limits))))
+        w = allocator(surrogate, rhs)
+        return w, surrogate, np.array([c.predict(w) / lim for c, lim in zip(costs, limits)])
+
+    best = None
+    for _ in range(SURROGATE_ROUNDS):
+        w, surrogate, ratios = solve(mu)
+        if ratios.max() <= 1 + 1e-9:
+            val = sum(problem.value(g, x) for g, x in w.items())
+            if best is None or val > best[0]:
+                best = (val, w, surrogate)
+            if ratios.max() >= 0.99:
+                break
+        mu = mu * np.exp(SURROGATE_STEP * (ratios - 1))
+        mu /= mu.sum()
+    if best is not None:
+        return best[1], best[2]
+    lo, hi = 0.0, 1.0
+    w, surrogate, _ = solve(mu, 1e-9)
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        wm, sm, ratios = solve(mu, mid)
+        if ratios.max() <= 1 + 1e-9:
+            lo, w, surrogate = mid, wm, sm
+        else:
+            hi = mid
+    return w, surrogate

@@ -9,15 +9,15 @@ lands in [ACCEPT_LOW, ACCEPT_HIGH] x budget.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .allocate import Problem, get_allocator
+from .allocate import Problem, allocate_constrained, get_allocator
 from .apply import apply_plan, recalibrate_bn
-from .budget import Budget, parse_budget
+from .budget import Budget, format_amount, parse_budgets
 from .cost import CostModel, Profiler
 from .data import Dataset, get_dataset
 from .errors import HwpruneError
@@ -28,6 +28,7 @@ from .hardware.targets import get_target
 from .importance import compute_scores, get_criterion, normalized
 from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
+from .resources import FigureTarget, count, figure_cost_model, memory_bytes
 from .sensitivity import LossProbe, group_sensitivity, refine_by_loss
 
 #: Aim the measured latency at 91% of the budget. The interleaved pruned/dense ratio of the same two
@@ -38,6 +39,9 @@ GOAL = 0.91
 #: Accept a plan whose measured latency is within this band of the budget. The lower edge is above
 #: the 85% the core issue asks for: a plan far under budget throws accuracy away.
 ACCEPT_LOW, ACCEPT_HIGH = 0.87, 0.95
+#: Counted figures (memory, params, MACs, energy) are exact, so the loop aims at the limit itself and
+#: accepts a plan at 97-100% of it (width steps of 8 channels rarely land closer).
+COUNT_ACCEPT_LOW = 0.97
 #: Distillation steps (batches of 64) each candidate plan gets before its loss steers the hw allocator.
 SHORT_FINETUNE_STEPS = 20
 
@@ -83,6 +87,56 @@ class PruneConfig:
 
 
 @dataclass
+class Constraint:
+    """One budget in the closed loop: its predicted figure for any widths, the limit and the current aim.
+
+    `goal` places the aim under the limit (measured latency is noisy; counts are not); a plan is accepted
+    when every figure is <= `high` x limit and at least one is >= `low` x limit (the plan is tight).
+    """
+
+    budget: Budget
+    cost: CostModel
+    dense: float
+    goal: float
+    low: float
+    high: float
+
+    def __post_init__(self):
+        self.kind = self.budget.kind
+        self.limit = self.budget.limit(self.dense)
+        self.aim = self.limit * self.goal
+
+
+def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint]) -> dict[str, int]:
+    """One allocation against every constraint's aim (one constraint: the allocator as it is)."""
+    if len(constraints) == 1:
+        c = constraints[0]
+        return allocator(replace(problem, cost=c.cost), c.aim)
+    costs, aims = [c.cost for c in constraints], [c.aim for c in constraints]
+    widths, surrogate = allocate_constrained(plain, problem, costs, aims)
+    if allocator is plain:
+        return widths
+    refined = allocator(surrogate, 1.0)
+    ok = all(c.cost.predict(refined) <= c.aim for c in constraints)
+    return refined if ok else widths
+
+
+def _check_feasible(problem, constraints, dense, example, scores, measure, min_keep: float) -> None:
+    """Is any plan feasible? The narrowest plan, measured once, settles it."""
+    narrow = problem.min_widths()
+    if all(c.cost.predict(narrow) <= c.aim for c in constraints):
+        return
+    pruned = apply_plan(dense, example, make_plan(narrow, scores, constraints[0].cost.sizes))
+    for c, m in zip(constraints, measure(pruned)):
+        if m > c.limit:
+            raise HwpruneError(
+                f"budget {c.budget.text} ({format_amount(c.kind, c.limit)}) cannot be met: the narrowest plan "
+                f"(every group at {min_keep:.0%}) has {c.kind} {format_amount(c.kind, m)}; "
+                "raise the budget or lower --min-keep"
+            )
+
+
+@dataclass
 class PruneResult:
     model: nn.Module
     dense: nn.Module
@@ -116,7 +170,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     np.random.seed(cfg.seed)
     stages: dict[str, float] = {}
     t_start = time.perf_counter()
-    budget: Budget = parse_budget(cfg.budget)
+    budgets: list[Budget] = parse_budgets(cfg.budget)
+    latency_budget = next((b for b in budgets if b.kind == "latency"), None)
     data = get_dataset(cfg.data) if cfg.data else None
     resolved = resolve(cfg.model, cfg.batch_size, cfg.input_shape, progress)
     dense, example = resolved.model, resolved.example_inputs
@@ -137,6 +192,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
             ) from None
     criterion = cfg.criterion or ("taylor" if data is not None else "l1")
     target = get_target(cfg.target, threads=cfg.threads)
+    if any(b.kind == "energy" for b in budgets):
+        FigureTarget("energy", target)  # fails early, in one line, when the target has no energy model
 
     t0 = time.perf_counter()
     analysis = analyze(dense, example, cfg.min_keep)
@@ -153,104 +210,120 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     stages["groups_importance_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cache = LatencyCache(cfg.cache)
-    profiler = Profiler(target, cache, progress)
-    curves = profiler.build(analysis)
-    stages["latency_table_s"] = time.perf_counter() - t0
-    table = {
-        "entries_measured": profiler.measured,
-        "cache_hits": cache.hits,
-        "seconds": stages["latency_table_s"],
-        "cache": str(cache.path),
-        "device_key": profiler.device,
-    }
-    _log(
-        progress,
-        f"latency table: {profiler.measured} entries measured, {cache.hits} from cache "
-        f"({stages['latency_table_s']:.1f} s)",
-    )
+    cost, table = None, None
+    if latency_budget is not None:
+        cache = LatencyCache(cfg.cache)
+        profiler = Profiler(target, cache, progress)
+        curves = profiler.build(analysis)
+        stages["latency_table_s"] = time.perf_counter() - t0
+        table = {
+            "entries_measured": profiler.measured,
+            "cache_hits": cache.hits,
+            "seconds": stages["latency_table_s"],
+            "cache": str(cache.path),
+            "device_key": profiler.device,
+        }
+        _log(
+            progress,
+            f"latency table: {profiler.measured} entries measured, {cache.hits} from cache "
+            f"({stages['latency_table_s']:.1f} s)",
+        )
+        cost = CostModel(analysis, curves)
 
     t0 = time.perf_counter()
-    cost = CostModel(analysis, curves)
     t_dense = target.time_models([dense], example)[0]
-    cost.add_measurement(cost.dense_widths(), t_dense.median)
-    budget_s = budget.seconds(t_dense.median)
-    problem = Problem(cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion))
-    allocator = get_allocator(cfg.allocator)
-    _log(progress, f"dense latency {t_dense.median * 1e3:.2f} ms; budget {budget.describe()} = {budget_s * 1e3:.2f} ms")
+    constraints: list[Constraint] = []
+    for b in budgets:
+        if b.kind == "latency":
+            cost.add_measurement(cost.dense_widths(), t_dense.median)
+            constraints.append(Constraint(b, cost, t_dense.median, GOAL, ACCEPT_LOW, ACCEPT_HIGH))
+        else:
+            fc = figure_cost_model(b.kind, analysis, dense, example, target)
+            constraints.append(Constraint(b, fc, count(b.kind, dense, example, target), 1.0, COUNT_ACCEPT_LOW, 1.0))
+    plain = get_allocator(cfg.allocator)
+    problem = Problem(constraints[0].cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion))
+    allocator = plain
+    for c in constraints:
+        _log(
+            progress,
+            f"dense {c.kind} {format_amount(c.kind, c.dense)}; budget {c.budget.describe()} = "
+            f"{format_amount(c.kind, c.limit)}",
+        )
     if value_mode == "sensitivity" and cfg.allocator == "hw":
         one_shot = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches)
         problem.widths_value = group_sensitivity(one_shot, analysis, progress=progress)
         short_ft = data.batches(64, SHORT_FINETUNE_STEPS, seed=cfg.seed + 1)
         probe = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches, train_batches=short_ft)
-        knapsack = allocator
 
-        def allocator(problem, aim):  # noqa: F811 - the knapsack's answer, refined on the joint loss
-            starts = [knapsack(problem, aim), get_allocator("uniform")(problem, aim)]
+        def allocator(problem, aim):  # the knapsack's answer, refined on the joint loss
+            starts = [plain(problem, aim), get_allocator("uniform")(problem, aim)]
             return refine_by_loss(problem, probe, starts, aim)
+
+    def measure(pruned: nn.Module) -> list[float]:
+        out = []
+        for c in constraints:
+            if c.kind != "latency":
+                out.append(count(c.kind, pruned, example, target))
+            elif c.budget.relative:
+                td, tp_ = target.time_models([dense, pruned], example)
+                out.append(tp_.median / td.median * t_dense.median)
+            else:
+                out.append(target.time_models([pruned], example)[0].median)
+        return out
 
     history = []
     candidates = []
-    aim = budget_s * GOAL
     for it in range(cfg.max_iters):
-        widths = allocator(problem, aim)
-        predicted = cost.predict(widths)
+        widths = _allocate(allocator, plain, problem, constraints)
+        predicted = [c.cost.predict(widths) for c in constraints]
+        pred_latency = cost.predict(widths) if cost else None
         plan = make_plan(
             widths,
             scores,
-            cost.sizes,
+            cost.sizes if cost else constraints[0].cost.sizes,
             allocator=cfg.allocator,
             criterion=criterion,
             budget=cfg.budget,
-            predicted_latency_s=predicted,
+            predicted_latency_s=pred_latency,
         )
         pruned = recalibrate_bn(apply_plan(dense, example, plan), bn_batches)
-        if budget.relative:
-            td, tp_ = target.time_models([dense, pruned], example)
-            measured = tp_.median / td.median * t_dense.median
-        else:
-            measured = target.time_models([pruned], example)[0].median
-        history.append(
-            {
-                "iteration": it + 1,
-                "aim_ms": aim * 1e3,
-                "predicted_ms": predicted * 1e3,
-                "measured_ms": measured * 1e3,
-                "budget_used": measured / budget_s,
-            }
-        )
+        measured = measure(pruned)
+        row = {"iteration": it + 1}
+        for c, pr, m in zip(constraints, predicted, measured):
+            row[c.kind] = {"aim": c.aim, "predicted": pr, "measured": m, "used": m / c.limit}
+            if c.kind == "latency":  # the core issue's columns
+                row.update(aim_ms=c.aim * 1e3, predicted_ms=pr * 1e3, measured_ms=m * 1e3, budget_used=m / c.limit)
+        history.append(row)
         _log(
             progress,
-            f"  loop {it + 1}: aim {aim * 1e3:.2f} ms, predicted {predicted * 1e3:.2f} ms, "
-            f"measured {measured * 1e3:.2f} ms ({measured / budget_s:.0%} of budget)",
+            f"  loop {it + 1}: "
+            + "; ".join(
+                f"{c.kind} aim {format_amount(c.kind, c.aim)}, predicted {format_amount(c.kind, pr)}, "
+                f"measured {format_amount(c.kind, m)} ({m / c.limit:.0%} of budget)"
+                for c, pr, m in zip(constraints, predicted, measured)
+            ),
         )
         value = sum(problem.value(g, w) for g, w in widths.items())
-        if measured <= budget_s * ACCEPT_HIGH:
-            candidates.append((value, measured, plan, pruned, predicted))
-        cost.add_measurement(widths, measured)
-        if ACCEPT_LOW * budget_s <= measured <= ACCEPT_HIGH * budget_s:
+        within = all(m <= c.high * c.limit for c, m in zip(constraints, measured))
+        if within:
+            candidates.append((value, plan, pruned, pred_latency))
+        for c, m in zip(constraints, measured):
+            c.cost.add_measurement(widths, m)
+        if within and any(m >= c.low * c.limit for c, m in zip(constraints, measured)):
             break
-        aim = aim * (budget_s * GOAL) / measured
-        if it == 0 and measured > budget_s:
-            # Is any plan feasible? The narrowest plan, measured, settles it once.
-            narrow = problem.min_widths()
-            if cost.predict(narrow) > aim:
-                nplan = make_plan(narrow, scores, cost.sizes)
-                tn = target.time_models([apply_plan(dense, example, nplan)], example)[0].median
-                if tn > budget_s:
-                    raise HwpruneError(
-                        f"budget {budget.describe()} ({budget_s * 1e3:.2f} ms) cannot be met: the narrowest plan "
-                        f"(every group at {cfg.min_keep:.0%}) measures {tn * 1e3:.2f} ms; "
-                        "raise the budget or lower --min-keep"
-                    )
+        for c, m in zip(constraints, measured):
+            c.aim = min(c.aim * c.goal * c.limit / m, c.cost.predict(c.cost.dense_widths()) * 1.01)
+        if it == 0 and not within:
+            _check_feasible(problem, constraints, dense, example, scores, measure, cfg.min_keep)
     if not candidates:
-        best = min(history, key=lambda h: h["measured_ms"])
+        closest = min(history, key=lambda h: max(h[c.kind]["used"] for c in constraints))
         raise HwpruneError(
-            f"no plan met the budget of {budget_s * 1e3:.2f} ms in {cfg.max_iters} iterations "
-            f"(closest measured {best['measured_ms']:.2f} ms); raise the budget or --max-iters"
+            f"no plan met the budget {cfg.budget} in {cfg.max_iters} iterations (closest: "
+            + ", ".join(f"{c.kind} {closest[c.kind]['used']:.0%} of its limit" for c in constraints)
+            + "); raise the budget or --max-iters"
         )
-    # Among plans that meet the budget, the one that keeps the most importance.
-    value, measured, plan, pruned, predicted = max(candidates, key=lambda c: c[0])
+    # Among plans that meet every budget, the one that keeps the most importance.
+    value, plan, pruned, predicted = max(candidates, key=lambda c: c[0])
     stages["allocation_loop_s"] = time.perf_counter() - t0
 
     acc_oneshot = None
@@ -276,14 +349,39 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     pruned.eval()
     td, tp_ = target.time_models([dense, pruned], example, final=True)
     speedup = td.median / tp_.median
-    final_s = tp_.median / td.median * t_dense.median if budget.relative else tp_.median
+    # Latency on the scale of the dense latency measured when planning (t_plan): the final interleaved
+    # pruned/dense ratio x t_plan, so drift of the machine's speed between the two cancels.
+    final_s = tp_.median / td.median * t_dense.median
     macs_d, params_d = macs_params(dense, example)
     macs_p, params_p = macs_params(pruned, example)
     size_d, size_p = size_bytes(dense), size_bytes(pruned)
+    budget_rows = []
+    for c in constraints:
+        if c.kind == "latency":
+            final = final_s if c.budget.relative else tp_.median
+            met = (tp_.median / td.median <= c.budget.value) if c.budget.relative else tp_.median <= c.limit
+        else:
+            final = count(c.kind, pruned, example, target)
+            met = final <= c.limit
+        budget_rows.append(
+            {
+                "kind": c.kind,
+                "text": c.budget.text,
+                "relative": c.budget.relative,
+                "value": c.budget.value,
+                "limit": c.limit,
+                "dense": c.dense,
+                "pruned": final,
+                "met": bool(met),
+                "used": final / c.limit,
+            }
+        )
+    energy = hasattr(target, "model_energy")
     stages["evaluate_s"] = time.perf_counter() - t0
     stages["total_s"] = time.perf_counter() - t_start
 
-    met = (tp_.median / td.median <= budget.value) if budget.relative else (tp_.median <= budget.value)
+    # The headline budget: latency's when there is one, else the one closest to its limit.
+    head = next((r for r in budget_rows if r["kind"] == "latency"), None) or max(budget_rows, key=lambda r: r["used"])
     report = {
         "format": "hwprune-report/1",
         "model": cfg.model,
@@ -297,17 +395,21 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         "input_shape": list(example.shape) if isinstance(example, torch.Tensor) else None,
         "budget": {
             "text": cfg.budget,
-            "relative": budget.relative,
-            "value": budget.value,
-            "seconds": budget_s,
-            "met": bool(met),
-            "used": final_s / budget_s,
+            "kind": head["kind"],
+            "relative": head["relative"],
+            "value": head["value"],
+            "seconds": head["limit"] if head["kind"] == "latency" else None,
+            "met": all(r["met"] for r in budget_rows),
+            "used": head["used"],
         },
+        "budgets": budget_rows,
         "dense": {
             "latency": td.to_dict(),
             "macs": macs_d,
             "params": params_d,
             "size_bytes": size_d,
+            "memory_bytes": memory_bytes(dense, example),
+            "energy_j": target.model_energy(dense, example) if energy else None,
             "accuracy": accuracy(dense, data.x_test, data.y_test) if data is not None else None,
         },
         "pruned": {
@@ -315,6 +417,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
             "macs": macs_p,
             "params": params_p,
             "size_bytes": size_p,
+            "memory_bytes": memory_bytes(pruned, example),
+            "energy_j": target.model_energy(pruned, example) if energy else None,
             "accuracy_oneshot": acc_oneshot,
             "accuracy": accuracy(pruned, data.x_test, data.y_test) if data is not None else None,
         },
@@ -322,14 +426,11 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         "latency_ratio": tp_.median / td.median,
         "macs_ratio": macs_p / macs_d,
         "compression": size_p / size_d,
-        # Predicted and measured are both on the scale of the dense latency measured when planning
-        # (t_plan): measured = final interleaved pruned/dense ratio x t_plan, so machine drift between
-        # planning and the final measurement cancels (MEASURING.md rule 6).
         "dense_latency_at_planning_ms": t_dense.median * 1e3,
-        "predicted_latency_ms": predicted * 1e3,
+        "predicted_latency_ms": predicted * 1e3 if predicted is not None else None,
         "measured_latency_ms": final_s * 1e3,
-        "predicted_ratio": predicted / t_dense.median,
-        "prediction_error": (predicted - final_s) / final_s,
+        "predicted_ratio": predicted / t_dense.median if predicted is not None else None,
+        "prediction_error": (predicted - final_s) / final_s if predicted is not None else None,
         "latency_table": table,
         "loop": history,
         "groups": [{"id": g.id, "size": g.size, "width": g.width} for g in plan.groups],

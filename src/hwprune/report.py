@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .budget import format_amount
 from .errors import HwpruneError
 from .export import atomic_directory, write_model
 
@@ -26,7 +27,40 @@ def summary_rows(r: dict) -> list[tuple[str, str, str]]:
         ("MACs", f"{d['macs'] / 1e6:.1f} M", f"{p['macs'] / 1e6:.1f} M ({r['macs_ratio']:.2f}x)"),
         ("parameters", f"{d['params'] / 1e6:.3f} M", f"{p['params'] / 1e6:.3f} M"),
         ("size", f"{d['size_bytes'] / 2**20:.2f} MiB", f"{p['size_bytes'] / 2**20:.2f} MiB ({r['compression']:.2f}x)"),
+        (
+            "memory (weights + peak activation)",
+            format_amount("memory", d["memory_bytes"]),
+            format_amount("memory", p["memory_bytes"]),
+        ),
+    ] + (
+        [("energy per inference", format_amount("energy", d["energy_j"]), format_amount("energy", p["energy_j"]))]
+        if d.get("energy_j") is not None
+        else []
+    )
+
+
+def budget_lines(r: dict) -> list[str]:
+    """One line per budget: its limit, the pruned model's figure, met or not."""
+    return [
+        f"- `{b['text']}`: limit {format_amount(b['kind'], b['limit'])}, "
+        f"pruned {format_amount(b['kind'], b['pruned'])} ({b['used']:.0%} of the limit) "
+        f"— **{'met' if b['met'] else 'NOT met'}**"
+        for b in r["budgets"]
     ]
+
+
+def _loop_rows(r: dict) -> list[str]:
+    kinds = [b["kind"] for b in r["budgets"]]
+    head = "| iter | " + " | ".join(f"{k}: aim → predicted → measured (of budget)" for k in kinds) + " |"
+    rows = [head, "|---:|" + "---|" * len(kinds)]
+    for h in r["loop"]:
+        cells = [
+            f"{format_amount(k, h[k]['aim'])} → {format_amount(k, h[k]['predicted'])} → "
+            f"{format_amount(k, h[k]['measured'])} ({h[k]['used']:.0%})"
+            for k in kinds
+        ]
+        rows.append(f"| {h['iteration']} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def text_table(r: dict) -> str:
@@ -41,9 +75,10 @@ def markdown(r: dict) -> str:
     lines = [
         f"# hwprune report: {r['model']}",
         "",
-        f"Budget **{b['text']}** = {b['seconds'] * 1e3:.3f} ms on this target: "
-        f"**{'met' if b['met'] else 'NOT met'}** (measured {r['measured_latency_ms']:.3f} ms, "
-        f"{b['used']:.0%} of the budget).",
+        f"Budget **{b['text']}** on target `{r['settings']['target']}`: **{'met' if b['met'] else 'NOT met'}**.",
+        "",
+        *budget_lines(r),
+        "",
         f"Allocator `{r['settings']['allocator']}`, criterion `{r['settings']['criterion']}`, "
         f"input {r['input_shape']}, fine-tuning epochs {r['settings']['finetune_epochs']}.",
         "",
@@ -51,28 +86,24 @@ def markdown(r: dict) -> str:
         "|---|---:|---:|",
         *[f"| {a} | {c1} | {c2} |" for a, c1, c2 in summary_rows(r)],
         "",
-        f"Predicted latency {r['predicted_latency_ms']:.3f} ms vs measured {r['measured_latency_ms']:.3f} ms: "
-        f"error {100 * r['prediction_error']:+.1f}% (both relative to the dense latency measured when planning, "
-        f"{r['dense_latency_at_planning_ms']:.3f} ms: predicted {r['predicted_ratio']:.3f}x, measured "
-        f"{r['latency_ratio']:.3f}x, so drift of the machine's speed between the two cancels).",
     ]
+    if r["predicted_latency_ms"] is not None:
+        lines.append(
+            f"Predicted latency {r['predicted_latency_ms']:.3f} ms vs measured {r['measured_latency_ms']:.3f} ms: "
+            f"error {100 * r['prediction_error']:+.1f}% (both relative to the dense latency measured when planning, "
+            f"{r['dense_latency_at_planning_ms']:.3f} ms: predicted {r['predicted_ratio']:.3f}x, measured "
+            f"{r['latency_ratio']:.3f}x, so drift of the machine's speed between the two cancels)."
+        )
     if r["pruned"].get("accuracy_oneshot") is not None:
         lines.append(f"One-shot accuracy before fine-tuning: {_acc(r['pruned']['accuracy_oneshot'])}.")
     t = r["latency_table"]
+    if t:
+        lines.append(
+            f"Latency table: {t['entries_measured']} entries measured, {t['cache_hits']} reused from `{t['cache']}` "
+            f"({t['seconds']:.1f} s)."
+        )
+    lines += ["", "## Closed loop (aim → predicted → measured)", "", *_loop_rows(r), ""]
     lines += [
-        f"Latency table: {t['entries_measured']} entries measured, {t['cache_hits']} reused from `{t['cache']}` "
-        f"({t['seconds']:.1f} s).",
-        "",
-        "## Closed loop (aim → predicted → measured)",
-        "",
-        "| iter | aim ms | predicted ms | measured ms | of budget |",
-        "|---:|---:|---:|---:|---:|",
-        *[
-            f"| {h['iteration']} | {h['aim_ms']:.3f} | {h['predicted_ms']:.3f} | {h['measured_ms']:.3f} | "
-            f"{h['budget_used']:.0%} |"
-            for h in r["loop"]
-        ],
-        "",
         "## Width per group",
         "",
         "| group (root layer) | dense | pruned | kept |",
