@@ -72,9 +72,14 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
 
 def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | None = None) -> None:
     """Write spec.json and model.safetensors into an existing directory."""
+    from .sparse_io import split_sparse
+
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    sparse = split_sparse(model, state, directory)  # masked weights go compressed to sparse.safetensors
     save_file(state, str(directory / "model.safetensors"))
     spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
+    if sparse:
+        spec["sparse"] = sparse
     (directory / "spec.json").write_text(json.dumps(spec, indent=1))
 
 
@@ -127,11 +132,21 @@ def load(directory: str | Path) -> nn.Module:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # safetensors raises several types on a damaged file
         raise HwpruneError(f"cannot read weights in {directory}: {e}") from e
+    masks = {}
+    if spec.get("sparse"):  # masked weights saved compressed (sparse_io); older specs lack the key
+        from .sparse_io import read_sparse
+
+        weights, masks = read_sparse(directory, spec["sparse"])
+        state.update(weights)
     model = build_source(spec["source"])
     _narrow(model, spec, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise HwpruneError(f"weights in {directory} do not fit the saved shapes: {str(e).splitlines()[0]}") from e
+    if masks:
+        from .sparse_io import restore_masks
+
+        restore_masks(model, masks, spec["sparse"])
     model.eval()
     return model
