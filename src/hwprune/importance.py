@@ -58,7 +58,11 @@ class Stats:
     generator: torch.Generator | None = None
 
     def select(self, dim: int, idx: torch.Tensor) -> Stats:
-        pick = lambda t: t.index_select(dim, idx.to(t.device)).double() if t is not None else None  # noqa: E731
+        """The statistics of the entries `idx` along `dim` (one channel's slice), in float64."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.index_select(dim, idx.to(t.device)).double() if t is not None else None
+
         return Stats(pick(self.grad), pick(self.grad_sq), pick(self.xnorm), self.generator)
 
 
@@ -377,6 +381,194 @@ def _collect(
     if "xnorm" in crit.needs:
         got.xnorm = _input_norms(model, batches, modules)
     return got
+
+
+# --- unit criteria (measured on a group's output) ---------------------------------------------------------
+
+
+def _channel_dim(module: nn.Module) -> int:
+    """Where the channels are in the module's output: last for Linear/LayerNorm (features), else dim 1."""
+    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+
+
+def _out_members(analysis: GroupAnalysis, gid: str) -> list[tuple[nn.Module, list[int], list[int]]]:
+    """(module, its channel indices, the root channels they map to) for every out-side member of a group."""
+    group = analysis.tp_groups[gid]
+    seen, out = set(), []
+    for dep, idxs in group:
+        mod = dep.target.module
+        if not isinstance(mod, nn.Module) or mod in seen or not analysis.graph.is_out_channel_pruning_fn(dep.handler):
+            continue
+        seen.add(mod)
+        out.append((mod, list(idxs), dep_root_idxs(dep, idxs, group)))
+    return out
+
+
+def _measure_points(model: nn.Module, analysis: GroupAnalysis, x) -> dict[str, nn.Module]:
+    """Group id -> the module whose output is the unit's output: the root, or a norm layer of the group
+    that is called directly on the root's output (a conv's BatchNorm). One probe forward pass decides."""
+    roots = {analysis.tp_groups[g.id][0].dep.target.module: g.id for g in analysis.groups}
+    norms = {m: g.id for g in analysis.groups for m, _, _ in _out_members(analysis, g.id) if isinstance(m, NORM_TYPES)}
+    root_out: dict[str, torch.Tensor] = {}
+    point = {gid: root for root, gid in roots.items()}
+
+    def on_root(mod, args, out):
+        root_out.setdefault(roots[mod], out)
+
+    def on_norm(mod, args, out):
+        gid = norms[mod]
+        if args and gid in root_out and args[0] is root_out[gid] and point[gid] in roots:
+            point[gid] = mod
+
+    handles = [m.register_forward_hook(on_root) for m in roots] + [m.register_forward_hook(on_norm) for m in norms]
+    try:
+        with _EvalMode(model), torch.no_grad():
+            _forward(model, _to(x, _device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    return point
+
+
+def _output_stats(
+    model: nn.Module, analysis: GroupAnalysis, batches: Batches, reduce: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, np.ndarray]:
+    """Group id -> mean over calibration entries of reduce(unit output), per channel."""
+    point = _measure_points(model, analysis, batches[0][0])
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def make_hook(gid: str):
+        def hook(mod, args, out):
+            a = out.detach().float().movedim(_channel_dim(mod), 0)
+            a = a.reshape(a.shape[0], -1)
+            v = reduce(a).sum(1).double().cpu()
+            sums[gid] = sums[gid] + v if gid in sums else v
+            counts[gid] = counts.get(gid, 0) + a.shape[1]
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(gid)) for gid, m in point.items()]
+    device = _device(model)
+    try:
+        with _EvalMode(model), torch.no_grad():
+            for x, _y in batches:
+                _forward(model, _to(x, device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {g.id: (sums[g.id] / counts[g.id]).numpy() for g in analysis.groups}
+
+
+@register_criterion(
+    "activation",
+    description="mean |activation| of the unit's output on calibration data",
+    comparable=False,
+    needs={"data"},
+    granularities=(CHANNEL, HEAD),
+    aggregation=ON_UNIT_OUTPUT,
+    unit=True,
+)
+def _activation(model, analysis, batches, loss_fn, p):
+    return _output_stats(model, analysis, batches, torch.abs)
+
+
+@register_criterion(
+    "apoz",
+    description="1 - APoZ, the share of outputs a ReLU keeps non-zero (Hu et al. 2016: lower APoZ = more important)",
+    comparable=True,  # a fraction in [0, 1] in every group
+    needs={"data"},
+    granularities=(CHANNEL, HEAD),
+    aggregation=ON_UNIT_OUTPUT + "; an entry counts as zero when it is <= 0, i.e. zero after a ReLU",
+    unit=True,
+)
+def _apoz(model, analysis, batches, loss_fn, p):
+    return _output_stats(model, analysis, batches, lambda a: (a > 0).double())
+
+
+def _repeat(x, k: int):
+    if isinstance(x, torch.Tensor):
+        return torch.cat([x] * k) if k > 1 else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_repeat(v, k) for v in x)
+    if isinstance(x, dict):
+        return {n: _repeat(v, k) for n, v in x.items()}
+    return x
+
+
+def _batch_size(x) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.shape[0]
+    vals = list(x.values()) if isinstance(x, dict) else list(x) if isinstance(x, (tuple, list)) else []
+    return next((v.shape[0] for v in vals if isinstance(v, torch.Tensor)), 1)
+
+
+@register_criterion(
+    "loss-change",
+    description="measured rise of the calibration loss when the unit is removed (its outputs zeroed)",
+    comparable=True,  # a loss change in every group
+    needs={"data"},
+    granularities=(CHANNEL, HEAD, BLOCK),
+    aggregation="measured on the whole unit: its channel is zeroed in the output of every out-side member of "
+    "the group (roots, their norms, residual branches); a removal that lowers the loss scores 0",
+    # Cost: one forward of every sample per channel of every group. `batches` caps the calibration
+    # batches used; `max_batch` packs several channels' zeroings into one forward (the batch repeated
+    # once per channel, each copy with another channel zeroed), so the number of forward calls is
+    # about sum over groups of size * batch / max_batch.
+    params={"batches": 2, "max_batch": 256},
+    unit=True,
+)
+def _loss_change(model, analysis, batches, loss_fn, p):
+    batches = list(batches)[: int(p["batches"])]
+    device = _device(model)
+    state: dict = {"chunk": None}
+    scores: dict[str, np.ndarray] = {}
+
+    def make_hook(local: list[int], root: list[int]):
+        def hook(mod, args, out):
+            chunk = state["chunk"]
+            if chunk is None or not isinstance(out, torch.Tensor):
+                return None
+            k = len(chunk)
+            cd = _channel_dim(mod) % out.dim()
+            if out.shape[0] % k:
+                raise HwpruneError(
+                    f"loss-change: an output of '{type(mod).__name__}' is not batch-first; "
+                    "pass params={'max_batch': <calibration batch size>} to zero one channel per forward"
+                )
+            mask = torch.ones(k, out.shape[cd], dtype=out.dtype, device=out.device)
+            for i, c in enumerate(chunk):
+                mask[i, [lo for lo, r in zip(local, root, strict=True) if r == c]] = 0
+            shape = [k] + [out.shape[d] if d == cd else 1 for d in range(out.dim())]
+            o = out.reshape(k, out.shape[0] // k, *out.shape[1:])
+            return (o * mask.view(shape)).reshape(out.shape)
+
+        return hook
+
+    with _EvalMode(model), torch.no_grad():
+        dev_batches = [(_to(x, device), _to(y, device)) for x, y in batches]
+        base = [float(loss_fn(_forward(model, x), y)) for x, y in dev_batches]
+        for g in analysis.groups:
+            rise = np.zeros(g.size)
+            handles = [m.register_forward_hook(make_hook(lo, ro)) for m, lo, ro in _out_members(analysis, g.id)]
+            try:
+                for (x, y), b in zip(dev_batches, base, strict=True):
+                    n = _batch_size(x)
+                    per = max(1, int(p["max_batch"]) // n)
+                    for start in range(0, g.size, per):
+                        chunk = list(range(start, min(g.size, start + per)))
+                        state["chunk"] = chunk
+                        logits = _forward(model, _repeat(x, len(chunk)))
+                        state["chunk"] = None
+                        logits = logits.reshape(len(chunk), -1, *logits.shape[1:])
+                        for i, c in enumerate(chunk):
+                            rise[c] += float(loss_fn(logits[i], y)) - b
+            finally:
+                state["chunk"] = None
+                for h in handles:
+                    h.remove()
+            scores[g.id] = np.maximum(rise / len(dev_batches), 0.0)
+    return scores
 
 
 # --- weight level -----------------------------------------------------------------------------------------
