@@ -46,6 +46,7 @@ def test_list_criteria_covers_the_registry():
     expected = {"l1", "l2", "redundancy", "gradient", "taylor", "activation", "apoz", "loss-change", "hessian"}
     assert expected | {"wanda", "random"} <= set(listed)
     assert all(desc and "channel" in gran for desc, gran in listed.values())
+    assert all(len(CRITERIA[n].aggregation) > 40 for n in listed)  # each states its group rule
     unit_only = {n for n, (_, gran) in listed.items() if WEIGHT not in gran}
     assert unit_only == {"redundancy", "activation", "apoz", "loss-change"}
 
@@ -316,3 +317,31 @@ def test_scoring_leaves_no_grads_hooks_or_mode_change(name):
     assert model.training
     assert all(p.grad is None for p in model.parameters())
     assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_a_callers_own_gradients_are_left_as_they_were():
+    model, x = tiny_cnn()
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    weight_scores(model, "taylor", [(x, torch.tensor([0, 1]))])
+    assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight)) and model.conv1.weight.grad is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(CRITERIA))
+def test_every_criterion_gives_the_same_scores_on_cuda(name, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs would differ by ~1e-3
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model, x = tiny_resnet()
+    model.eval()
+    a = analyze(model, x)
+    data = batches((4, 3, 8, 8), 4)  # CPU batches: the scorer moves them to the model's device
+    cpu = compute_scores(model, a, name, data)
+    gpu_model = copy.deepcopy(model).cuda()
+    gpu = compute_scores(gpu_model, analyze(gpu_model, x.cuda()), name, data)
+    for gid, v in cpu.items():
+        np.testing.assert_allclose(gpu[gid], v, rtol=1e-4, atol=1e-6)
+    if WEIGHT in CRITERIA[name].granularities:
+        w_cpu, w_gpu = weight_scores(model, name, data), weight_scores(gpu_model, name, data)
+        for n, v in w_cpu.items():
+            assert w_gpu[n].is_cuda
+            torch.testing.assert_close(w_gpu[n].cpu(), v, rtol=1e-4, atol=1e-6)

@@ -6,7 +6,7 @@ Two granularities share one registry:
   every parameter entry a channel owns in its group (the root's filters, the BN entries, the consumers'
   input columns) and *sum* those slices (Torch-Pruning's default group reduction; Molchanov et al. 2019
   sum Taylor terms the same way). Criteria defined on the unit itself (activation, APoZ, loss change)
-  are measured on the group's output instead; each criterion's `aggregation` says which.
+  are measured on the group's output instead; each criterion's docstring (its `aggregation`) says which.
 - *Weight level* (`weight_scores`): a score per entry of every Conv/Linear `.weight`, for unstructured
   and N:M masks. Unit-level criteria have no per-weight form and say so.
 
@@ -31,11 +31,6 @@ from .groups import PRUNABLE_TYPES, GroupAnalysis, _forward
 CHANNEL, HEAD, BLOCK, WEIGHT = "channel", "head", "block", "weight"
 ALL_GRANULARITIES = (CHANNEL, HEAD, BLOCK, WEIGHT)
 
-SUM_OF_SLICES = "sum over every parameter slice the unit owns in its group (root rows, norm entries, consumer columns)"
-ON_UNIT_OUTPUT = (
-    "measured on the unit's output: the group root's output channel, after the normalisation layer that "
-    "directly follows the root when the group has one"
-)
 
 #: Norm layers whose output stands for the unit's output when they directly follow the group root.
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -113,7 +108,6 @@ def register_criterion(
     comparable: bool,
     needs: Iterable[str] = (),
     granularities: Iterable[str] = ALL_GRANULARITIES,
-    aggregation: str = SUM_OF_SLICES,
     params: dict[str, float] | None = None,
     finish: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
     unit: bool = False,
@@ -121,7 +115,8 @@ def register_criterion(
     """Decorator: add a criterion under `name`.
 
     The decorated function is an element rule `fn(w, stats, params) -> per-entry scores` or, with
-    `unit=True`, a unit rule `fn(model, analysis, batches, loss_fn, params) -> {group id: scores}`.
+    `unit=True`, a unit rule `fn(model, analysis, batches, loss_fn, params) -> {group id: scores}`. Its
+    docstring states how a unit's score comes from its group and becomes the criterion's `aggregation`.
     """
 
     def wrap(fn):
@@ -129,7 +124,7 @@ def register_criterion(
             name,
             description,
             tuple(granularities),
-            aggregation,
+            " ".join((fn.__doc__ or "").split()),
             comparable,
             frozenset(needs),
             dict(params or {}),
@@ -173,11 +168,13 @@ def _params(crit: Criterion, params: dict | None) -> dict:
 
 @register_criterion("l1", description="magnitude |w|", comparable=False)
 def _l1(w, s, p):
+    """Channel: sum of |w| over every parameter slice the channel owns in its group. Weight: |w|."""
     return w.abs()
 
 
 @register_criterion("l2", description="squared magnitude w^2", comparable=False)
 def _l2(w, s, p):
+    """Channel: sum of w^2 over every parameter slice the channel owns in its group. Weight: w^2."""
     return w.pow(2)
 
 
@@ -186,13 +183,14 @@ def _l2(w, s, p):
     description="neuron redundancy r_i = S_i / (S_i + lambda), S_i = sum of the unit's squared weights",
     comparable=True,  # dimensionless, in [0, 1) in every group
     granularities=(CHANNEL, HEAD),
-    aggregation="S_i summed over every parameter slice the unit owns in its group, then r_i = S_i / (S_i + lambda)",
     # lambda = 1: PyTorch's default init (uniform in +-1/sqrt(fan_in)) gives a unit S ~ 1/3 per fan-in
     # side, so r sits in its unsaturated range (~0.25-0.5) instead of at 0 or 1.
     params={"lambda": 1.0},
     finish=lambda total, p: total / (total + p["lambda"]),
 )
 def _redundancy(w, s, p):
+    """S_i = sum of w^2 over every parameter slice unit i owns in its group (incoming row, bias, norm
+    entries, outgoing column), then r_i = S_i / (S_i + lambda). Units only: r saturates per unit."""
     return w.pow(2)
 
 
@@ -200,6 +198,7 @@ def _redundancy(w, s, p):
     "gradient", description="gradient sensitivity |dL/dw| on calibration batches", comparable=False, needs={"grad"}
 )
 def _gradient(w, s, p):
+    """Channel: sum of |dL/dw| over the channel's slices. Weight: |dL/dw| (L: mean calibration loss)."""
     return s.grad.abs() if s.grad is not None else None
 
 
@@ -210,6 +209,7 @@ def _gradient(w, s, p):
     needs={"grad"},
 )
 def _taylor(w, s, p):
+    """Channel: sum of |w * dL/dw| over the channel's slices. Weight: |w * dL/dw|."""
     return (w * s.grad).abs() if s.grad is not None else None
 
 
@@ -220,6 +220,8 @@ def _taylor(w, s, p):
     needs={"grad_sq"},
 )
 def _hessian(w, s, p):
+    """Channel: sum of 1/2 F_ii w_i^2 over the channel's slices (OBD's saliencies add under the diagonal
+    approximation). Weight: 1/2 F_ii w_i^2, F_ii = mean over batches of (dL_b/dw_i)^2."""
     # OBD's diagonal Hessian approximated by the empirical Fisher: mean over batches of squared gradients.
     return 0.5 * s.grad_sq * w.pow(2) if s.grad_sq is not None else None
 
@@ -229,14 +231,18 @@ def _hessian(w, s, p):
     description="|W_ij| * ||X_j||_2, X_j the input column a weight multiplies (Sun et al. 2023; conv: im2col column)",
     comparable=False,
     needs={"xnorm"},
-    aggregation=SUM_OF_SLICES + "; biases and norm entries multiply no input and add 0",
 )
 def _wanda(w, s, p):
+    """Channel: sum of |W_ij| * ||X_j|| over the channel's Conv/Linear weight slices (its filters and the
+    consumers' input columns); biases and norm entries multiply no input and add 0. Weight: |W_ij| *
+    ||X_j||, X_j the input column weight ij multiplies (conv: channel c at kernel offset k, over every
+    output position and sample, i.e. the im2col column)."""
     return w.abs() * s.xnorm if s.xnorm is not None else torch.zeros_like(w)
 
 
 @register_criterion("random", description="uniform random scores (a baseline)", comparable=True)
 def _random(w, s, p):
+    """Channel: sum of uniform [0, 1) draws over the channel's slices. Weight: a uniform [0, 1) draw."""
     return torch.rand(w.shape, generator=s.generator, dtype=torch.float64).to(w.device)
 
 
@@ -466,10 +472,12 @@ def _output_stats(
     comparable=False,
     needs={"data"},
     granularities=(CHANNEL, HEAD),
-    aggregation=ON_UNIT_OUTPUT,
     unit=True,
 )
 def _activation(model, analysis, batches, loss_fn, p):
+    """Measured on the unit's output: mean |a| of the group root's output channel over every calibration
+    entry, taken after the norm layer that is called directly on the root's output when there is one
+    (a conv's BatchNorm). Other out-side members of the group (residual branches) are not measured."""
     return _output_stats(model, analysis, batches, torch.abs)
 
 
@@ -479,10 +487,11 @@ def _activation(model, analysis, batches, loss_fn, p):
     comparable=True,  # a fraction in [0, 1] in every group
     needs={"data"},
     granularities=(CHANNEL, HEAD),
-    aggregation=ON_UNIT_OUTPUT + "; an entry counts as zero when it is <= 0, i.e. zero after a ReLU",
     unit=True,
 )
 def _apoz(model, analysis, batches, loss_fn, p):
+    """Measured on the unit's output (the same point as `activation`): 1 - the share of entries <= 0,
+    i.e. of entries a following ReLU would zero."""
     return _output_stats(model, analysis, batches, lambda a: (a > 0).double())
 
 
@@ -509,8 +518,6 @@ def _batch_size(x) -> int:
     comparable=True,  # a loss change in every group
     needs={"data"},
     granularities=(CHANNEL, HEAD, BLOCK),
-    aggregation="measured on the whole unit: its channel is zeroed in the output of every out-side member of "
-    "the group (roots, their norms, residual branches); a removal that lowers the loss scores 0",
     # Cost: one forward of every sample per channel of every group. `batches` caps the calibration
     # batches used; `max_batch` packs several channels' zeroings into one forward (the batch repeated
     # once per channel, each copy with another channel zeroed), so the number of forward calls is
@@ -519,6 +526,9 @@ def _batch_size(x) -> int:
     unit=True,
 )
 def _loss_change(model, analysis, batches, loss_fn, p):
+    """Measured on the whole unit: mean over the first `batches` calibration batches of L(unit removed) -
+    L(dense), the unit removed by zeroing its channel in the output of every out-side member of the
+    group (roots, their norms, residual branches that add into it); a removal that lowers the loss scores 0."""
     batches = list(batches)[: int(p["batches"])]
     device = _device(model)
     state: dict = {"chunk": None}
