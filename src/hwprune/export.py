@@ -70,6 +70,43 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
         raise
 
 
+def _replaced_spec(model: nn.Module) -> dict[str, str]:
+    """Module path -> kind, for modules that pruning may have put in place of the source's own: removed
+    blocks (nn.Identity) and classes that name a `hwprune_replacement` kind (head-pruned attention).
+
+    Every nn.Identity is listed, also one the source already had: replacing it on load changes nothing.
+    """
+    out: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(p + ".") for p in out):
+            continue
+        kind = "identity" if isinstance(m, nn.Identity) else getattr(m, "hwprune_replacement", None)
+        if isinstance(kind, str):
+            out[name] = kind
+    return out
+
+
+def _replacement(kind: str, original: nn.Module) -> nn.Module:
+    if kind == "identity":
+        return nn.Identity()
+    if kind == "attention-heads":
+        from .granularity import HeadPrunedAttention
+
+        return HeadPrunedAttention.from_module(original)
+    raise HwpruneError(f"saved model replaces a module by unknown kind {kind!r}; is this hwprune too old?")
+
+
+def _replace_modules(model: nn.Module, replaced: dict[str, str]) -> None:
+    """Put the recorded replacements in the freshly built source (before narrowing shapes)."""
+    for name, kind in sorted(replaced.items(), key=lambda kv: kv[0].count(".")):
+        try:
+            original = model.get_submodule(name)
+        except AttributeError:
+            raise HwpruneError(f"saved model replaces module '{name}' that its source architecture lacks") from None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, _replacement(kind, original))
+
+
 def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | None = None) -> None:
     """Write spec.json and model.safetensors into an existing directory."""
     from .sparse_io import split_sparse
@@ -80,6 +117,9 @@ def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | N
     spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
     if sparse:
         spec["sparse"] = sparse
+    replaced = _replaced_spec(model)  # removed blocks, head-pruned attention; older specs lack the key
+    if replaced:
+        spec["replaced"] = replaced
     (directory / "spec.json").write_text(json.dumps(spec, indent=1))
 
 
@@ -139,6 +179,7 @@ def load(directory: str | Path) -> nn.Module:
         weights, masks = read_sparse(directory, spec["sparse"])
         state.update(weights)
     model = build_source(spec["source"])
+    _replace_modules(model, spec.get("replaced", {}))
     _narrow(model, spec, state)
     try:
         model.load_state_dict(state, strict=True)
