@@ -463,6 +463,12 @@ def _output_stats(
     finally:
         for h in handles:
             h.remove()
+    silent = [g.id for g in analysis.groups if g.id not in sums]
+    if silent:
+        raise HwpruneError(
+            f"the output of group '{silent[0]}' could not be observed (its root never ran as a module); "
+            "choose a weight-based criterion such as l1 or taylor"
+        )
     return {g.id: (sums[g.id] / counts[g.id]).numpy() for g in analysis.groups}
 
 
