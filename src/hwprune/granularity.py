@@ -258,6 +258,15 @@ def find_heads(model: nn.Module) -> list[AttentionInfo]:
     return out
 
 
+def convert_attention(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Every prunable attention as a `HeadPrunedAttention` with all its heads (same function, fp32 rounding)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    for a in find_heads(model):
+        _set_module(model, a.name, HeadPrunedAttention.from_module(model.get_submodule(a.name)))
+    return model
+
+
 def _head_slices(m: HeadPrunedAttention) -> list[tuple[nn.Linear, torch.Tensor, int]]:
     """(layer, parameter, dim) for every parameter a head owns a slice of: q/k/v rows (weights and biases)
     and out-projection columns. Head i owns entries i * head_dim ... (i + 1) * head_dim - 1 along `dim`.
@@ -303,9 +312,7 @@ def score_heads(
     gen = torch.Generator().manual_seed(seed)
     if criterion == "random":
         return {a.name: torch.rand(a.num_heads, generator=gen, dtype=torch.float64) for a in attns}
-    work = copy.deepcopy(model)
-    for a in attns:
-        _set_module(work, a.name, HeadPrunedAttention.from_module(work.get_submodule(a.name)))
+    work = convert_attention(model)
     if crit.needs_data and not batches:
         batches = calibration_batches(model, example_inputs, seed=seed)
     linears = {n: m for n, m in work.named_modules() if isinstance(m, nn.Linear)}
