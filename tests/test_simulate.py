@@ -89,7 +89,7 @@ def test_whole_model_is_sum_of_per_op_model_and_matches_time_layer():
         "ReLU",
         "AdaptiveAvgPool2d",
         "Linear",
-    ]  # fmt: skip  (flatten is a view: free)
+    ]  # flatten is a view: free
     assert t.time_models([model], x)[0].median == pytest.approx(sum(o.latency_s for o in ops), rel=1e-12)
     conv2_in = torch.randn(1, 8, 16, 16)
     assert t.time_layer(model.features[3], conv2_in).median == pytest.approx(ops[3].latency_s, rel=1e-12)
