@@ -164,21 +164,14 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, flush=True)
 
 
-def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
-    """Run the whole pipeline; returns the pruned model, its plan and the report (nothing is written)."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    stages: dict[str, float] = {}
-    t_start = time.perf_counter()
-    budgets: list[Budget] = parse_budgets(cfg.budget)
-    latency_budget = next((b for b in budgets if b.kind == "latency"), None)
+def setup(cfg, budgets: list[Budget], progress: bool):
+    """Data, model and target of a run, each checked against the others (one-line errors)."""
     data = get_dataset(cfg.data) if cfg.data else None
     resolved = resolve(cfg.model, cfg.batch_size, cfg.input_shape, progress)
-    dense, example = resolved.model, resolved.example_inputs
     if data is not None:
         try:
             with torch.no_grad():
-                out = dense(data.x_test[:2])
+                out = resolved.model(data.x_test[:2])
             if out.shape[-1] != data.num_classes:
                 raise HwpruneError(
                     f"model outputs {out.shape[-1]} classes, data set '{cfg.data}' has {data.num_classes}"
@@ -190,10 +183,105 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
                 f"--data {cfg.data} (samples of shape {data.sample_shape}) does not fit {cfg.model}: "
                 f"{str(e).splitlines()[0][:160]}"
             ) from None
-    criterion = cfg.criterion or ("taylor" if data is not None else "l1")
     target = get_target(cfg.target, threads=cfg.threads)
     if any(b.kind == "energy" for b in budgets):
         FigureTarget("energy", target)  # fails early, in one line, when the target has no energy model
+    return data, resolved, target
+
+
+def budget_row(budget: Budget, dense_figure: float, final: float, met: bool | None = None) -> dict:
+    """One budget's line in the report: limit, dense and pruned figures, met, share used."""
+    limit = budget.limit(dense_figure)
+    return {
+        "kind": budget.kind,
+        "text": budget.text,
+        "relative": budget.relative,
+        "value": budget.value,
+        "limit": limit,
+        "dense": dense_figure,
+        "pruned": final,
+        "met": bool(final <= limit if met is None else met),
+        "used": final / limit,
+    }
+
+
+def final_figures(
+    dense, pruned, example, target, data, t_plan: float, budgets: list[Budget], budget_text, dense_figures
+):
+    """The report's measured part: interleaved final latency, counts, accuracy, and every budget's row.
+
+    Latency is put on the scale of the dense latency measured when planning (`t_plan`): the final
+    interleaved pruned/dense ratio x t_plan, so drift of the machine's speed between the two cancels.
+    `dense_figures[kind]`: the dense model's figure each budget was planned against.
+    """
+    pruned.eval()
+    td, tp_ = target.time_models([dense, pruned], example, final=True)
+    final_s = tp_.median / td.median * t_plan
+    macs_d, params_d = macs_params(dense, example)
+    macs_p, params_p = macs_params(pruned, example)
+    size_d, size_p = size_bytes(dense), size_bytes(pruned)
+    rows = []
+    for b in budgets:
+        if b.kind == "latency":
+            ratio = tp_.median / td.median
+            final = final_s if b.relative else tp_.median
+            rows.append(budget_row(b, t_plan, final, ratio <= b.value if b.relative else None))
+        else:
+            rows.append(budget_row(b, dense_figures[b.kind], count(b.kind, pruned, example, target)))
+    energy = hasattr(target, "model_energy")
+    # The headline budget: latency's when there is one, else the one closest to its limit.
+    head = next((r for r in rows if r["kind"] == "latency"), None) or max(rows, key=lambda r: r["used"], default=None)
+    return {
+        "fingerprint": target.fingerprint(),
+        "input_shape": list(example.shape) if isinstance(example, torch.Tensor) else None,
+        "budget": {
+            "text": budget_text,
+            "kind": head["kind"] if head else None,
+            "relative": head["relative"] if head else None,
+            "value": head["value"] if head else None,
+            "seconds": head["limit"] if head and head["kind"] == "latency" else None,
+            "met": all(r["met"] for r in rows),
+            "used": head["used"] if head else None,
+        },
+        "budgets": rows,
+        "dense": {
+            "latency": td.to_dict(),
+            "macs": macs_d,
+            "params": params_d,
+            "size_bytes": size_d,
+            "memory_bytes": memory_bytes(dense, example),
+            "energy_j": target.model_energy(dense, example) if energy else None,
+            "accuracy": accuracy(dense, data.x_test, data.y_test) if data is not None else None,
+        },
+        "pruned": {
+            "latency": tp_.to_dict(),
+            "macs": macs_p,
+            "params": params_p,
+            "size_bytes": size_p,
+            "memory_bytes": memory_bytes(pruned, example),
+            "energy_j": target.model_energy(pruned, example) if energy else None,
+            "accuracy": accuracy(pruned, data.x_test, data.y_test) if data is not None else None,
+        },
+        "speedup": td.median / tp_.median,
+        "latency_ratio": tp_.median / td.median,
+        "macs_ratio": macs_p / macs_d if macs_d else None,
+        "compression": size_p / size_d,
+        "dense_latency_at_planning_ms": t_plan * 1e3,
+        "measured_latency_ms": final_s * 1e3,
+    }
+
+
+def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
+    """Run the whole pipeline; returns the pruned model, its plan and the report (nothing is written)."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    stages: dict[str, float] = {}
+    t_start = time.perf_counter()
+    budgets: list[Budget] = parse_budgets(cfg.budget)
+    latency_budget = next((b for b in budgets if b.kind == "latency"), None)
+    data, resolved, target = setup(cfg, budgets, progress)
+    dense, example = resolved.model, resolved.example_inputs
+    criterion = cfg.criterion or ("taylor" if data is not None else "l1")
 
     t0 = time.perf_counter()
     analysis = analyze(dense, example, cfg.min_keep)
@@ -346,42 +434,21 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     stages["finetune_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pruned.eval()
-    td, tp_ = target.time_models([dense, pruned], example, final=True)
-    speedup = td.median / tp_.median
-    # Latency on the scale of the dense latency measured when planning (t_plan): the final interleaved
-    # pruned/dense ratio x t_plan, so drift of the machine's speed between the two cancels.
-    final_s = tp_.median / td.median * t_dense.median
-    macs_d, params_d = macs_params(dense, example)
-    macs_p, params_p = macs_params(pruned, example)
-    size_d, size_p = size_bytes(dense), size_bytes(pruned)
-    budget_rows = []
-    for c in constraints:
-        if c.kind == "latency":
-            final = final_s if c.budget.relative else tp_.median
-            met = (tp_.median / td.median <= c.budget.value) if c.budget.relative else tp_.median <= c.limit
-        else:
-            final = count(c.kind, pruned, example, target)
-            met = final <= c.limit
-        budget_rows.append(
-            {
-                "kind": c.kind,
-                "text": c.budget.text,
-                "relative": c.budget.relative,
-                "value": c.budget.value,
-                "limit": c.limit,
-                "dense": c.dense,
-                "pruned": final,
-                "met": bool(met),
-                "used": final / c.limit,
-            }
-        )
-    energy = hasattr(target, "model_energy")
+    figures = final_figures(
+        dense,
+        pruned,
+        example,
+        target,
+        data,
+        t_dense.median,
+        budgets,
+        cfg.budget,
+        {c.kind: c.dense for c in constraints},
+    )
+    figures["pruned"]["accuracy_oneshot"] = acc_oneshot
+    final_s = figures["measured_latency_ms"] / 1e3
     stages["evaluate_s"] = time.perf_counter() - t0
     stages["total_s"] = time.perf_counter() - t_start
-
-    # The headline budget: latency's when there is one, else the one closest to its limit.
-    head = next((r for r in budget_rows if r["kind"] == "latency"), None) or max(budget_rows, key=lambda r: r["used"])
     report = {
         "format": "hwprune-report/1",
         "model": cfg.model,
@@ -391,44 +458,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
             "value": value_mode if cfg.allocator == "hw" else None,
             "bn_recalibration": bool(bn_batches),
         },
-        "fingerprint": target.fingerprint(),
-        "input_shape": list(example.shape) if isinstance(example, torch.Tensor) else None,
-        "budget": {
-            "text": cfg.budget,
-            "kind": head["kind"],
-            "relative": head["relative"],
-            "value": head["value"],
-            "seconds": head["limit"] if head["kind"] == "latency" else None,
-            "met": all(r["met"] for r in budget_rows),
-            "used": head["used"],
-        },
-        "budgets": budget_rows,
-        "dense": {
-            "latency": td.to_dict(),
-            "macs": macs_d,
-            "params": params_d,
-            "size_bytes": size_d,
-            "memory_bytes": memory_bytes(dense, example),
-            "energy_j": target.model_energy(dense, example) if energy else None,
-            "accuracy": accuracy(dense, data.x_test, data.y_test) if data is not None else None,
-        },
-        "pruned": {
-            "latency": tp_.to_dict(),
-            "macs": macs_p,
-            "params": params_p,
-            "size_bytes": size_p,
-            "memory_bytes": memory_bytes(pruned, example),
-            "energy_j": target.model_energy(pruned, example) if energy else None,
-            "accuracy_oneshot": acc_oneshot,
-            "accuracy": accuracy(pruned, data.x_test, data.y_test) if data is not None else None,
-        },
-        "speedup": speedup,
-        "latency_ratio": tp_.median / td.median,
-        "macs_ratio": macs_p / macs_d,
-        "compression": size_p / size_d,
-        "dense_latency_at_planning_ms": t_dense.median * 1e3,
+        **figures,
         "predicted_latency_ms": predicted * 1e3 if predicted is not None else None,
-        "measured_latency_ms": final_s * 1e3,
         "predicted_ratio": predicted / t_dense.median if predicted is not None else None,
         "prediction_error": (predicted - final_s) / final_s if predicted is not None else None,
         "latency_table": table,
