@@ -9,6 +9,7 @@ width to another (or is fixed).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -123,12 +124,62 @@ class GroupAnalysis:
         raise KeyError(gid)
 
 
-def analyze(model: nn.Module, example_inputs, min_keep: float = 0.1, ignored: list[str] | None = None) -> GroupAnalysis:
+def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str]) -> bool:
+    """Does the model still run after one channel is cut from each of `gids` (on a copy)?"""
+    trial = copy.deepcopy(model)
+    try:
+        graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example_inputs, verbose=False)
+        modules = dict(trial.named_modules())
+        for gid in gids:
+            root = modules[gid]
+            pruner = graph.get_pruner_of_module(root)
+            graph.get_pruning_group(root, pruner.prune_out_channels, [pruner.get_out_channels(root) - 1]).prune()
+        with torch.no_grad():
+            _forward(trial, example_inputs)
+        return True
+    except Exception:
+        return False
+
+
+def unsafe_groups(model: nn.Module, example_inputs, gids: list[str]) -> set[str]:
+    """Groups whose removal breaks the forward pass, found by cutting one channel on a copy.
+
+    Some models read a width from a plain attribute instead of a layer (torchvision's ViT reshapes its
+    patch embedding with `self.hidden_dim`, and its class token and position embedding are bare
+    parameters), so the dependency graph cannot see that the residual stream is tied to them. One trial
+    of all groups at once settles the usual case; when it fails, bisection finds the culprits.
+    """
+    if not gids or _prunes_cleanly(model, example_inputs, gids):
+        return set()
+    if len(gids) == 1:
+        return set(gids)
+    half = len(gids) // 2
+    return unsafe_groups(model, example_inputs, gids[:half]) | unsafe_groups(model, example_inputs, gids[half:])
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs,
+    min_keep: float = 0.1,
+    ignored: list[str] | None = None,
+    probe: bool = True,
+) -> GroupAnalysis:
     """Trace the model and return its prunable groups and timed layers.
 
     The last conv/linear that runs is the output layer (the classifier); its outputs are never pruned.
-    Grouped (non-depthwise) convolutions are left alone.
+    Grouped (non-depthwise) convolutions are left alone, and so are groups whose removal breaks the
+    forward pass (`unsafe_groups`; `probe=False` skips that check). The model is traced in eval mode, so
+    BatchNorm statistics are not touched.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        return _analyze(model, example_inputs, min_keep, ignored, probe)
+    finally:
+        model.train(was_training)
+
+
+def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     names = {m: n for n, m in model.named_modules()}
     order: list[nn.Module] = []
     shapes: dict[nn.Module, tuple[int, ...]] = {}
@@ -206,6 +257,13 @@ def analyze(model: nn.Module, example_inputs, min_keep: float = 0.1, ignored: li
         tp_groups[gid] = g
     position = {names[m]: i for i, m in enumerate(order)}
     groups.sort(key=lambda g: position.get(g.id, len(position)))
+    if probe:
+        bad = unsafe_groups(model, example_inputs, [g.id for g in groups])
+        groups = [g for g in groups if g.id not in bad]
+        tp_groups = {k: v for k, v in tp_groups.items() if k not in bad}
+        for la in layers.values():
+            la.in_group = None if la.in_group in bad else la.in_group
+            la.out_group = None if la.out_group in bad else la.out_group
     if not groups:
         raise HwpruneError("no prunable channel group found in the model (only its output layer is prunable?)")
     return GroupAnalysis(graph, groups, list(layers.values()), names[output_layer], tp_groups)
