@@ -51,6 +51,7 @@ def test_taylor_matches_hand_computation():
     y = torch.tensor([0, 1])
     s = compute_scores(model, a, "taylor", [(x, y)])
     model.zero_grad()
+    model.eval()  # criteria score in eval mode (BatchNorm on its running statistics)
     torch.nn.functional.cross_entropy(model(x), y).backward()
     expect = (model.conv2.weight * model.conv2.weight.grad).abs().sum((1, 2, 3))
     expect += (model.conv2.bias * model.conv2.bias.grad).abs()
