@@ -304,3 +304,20 @@ def test_user_errors():
             prune_blocks(*tiny_blocks(), "l1", bad)
     with pytest.raises(HwpruneError, match="no nn.MultiheadAttention"):
         prune_heads(*tiny_blocks(), "l1", 0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_heads_and_blocks_on_cuda(tmp_path):
+    model, x = tiny_attention()
+    model, x = model.cuda(), x.cuda()
+    pruned, info = prune_heads(model, x, "taylor", ratio=0.5)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in info.layers:
+            cols = [h * 4 + j for h in layer.removed for j in range(4)]
+            zeroed.get_submodule(layer.name).out_proj.weight[:, cols] = 0
+        assert next(pruned.parameters()).is_cuda
+        torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
+    blocks, xb = tiny_blocks()
+    pruned, info = prune_blocks(blocks.cuda(), xb.cuda(), "loss-change", ratio=0.5)
+    assert len(info.removed) == 1 and "blocks.2" not in info.removed
