@@ -114,6 +114,11 @@ def train(
 ) -> nn.Module:
     """`epochs` passes over the training split in a seeded random order (see `train_steps`)."""
     torch.manual_seed(seed)
+    return train_steps(model, epoch_batches(data, epochs, batch_size, seed), lr, teacher, desc, progress)
+
+
+def epoch_batches(data: Dataset, epochs: int, batch_size: int = 128, seed: int = 0) -> list:
+    """`epochs` passes over the training split, each in a seeded random order, as (x, y) batches."""
     g = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(epochs):
@@ -121,7 +126,7 @@ def train(
         for i in range(len(perm) // batch_size):
             idx = perm[i * batch_size : (i + 1) * batch_size]
             batches.append((data.x_train[idx], data.y_train[idx]))
-    return train_steps(model, batches, lr, teacher, desc, progress)
+    return batches
 
 
 def trained_example(name: str, progress: bool = True) -> nn.Module:

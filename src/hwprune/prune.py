@@ -51,7 +51,7 @@ class PruneConfig:
     """Everything `hwprune prune` takes; plain data, so it round-trips to JSON in the report."""
 
     model: str
-    budget: str = "0.5"
+    budget: str | None = None  # default latency=0.5 with selection budget; otherwise only reported when given
     batch_size: int = 1
     input_shape: str | None = None
     criterion: str | None = None  # default: taylor with --data, else l1
@@ -67,8 +67,50 @@ class PruneConfig:
     max_iters: int = 8
     calib_batches: int = 8
     cache: str | None = None
+    # Methods (issue 4): see methods.py. The defaults are the hardware-budget path.
+    granularity: str = "channel"  # channel | head | block | unstructured | N:M (2:4) | block-sparse (block4x1)
+    selection: str = "budget"  # budget | ratio | threshold | mean-threshold | hierarchical
+    sparsity: float | None = None  # fraction of units (weights at weight level) to remove
+    scope: str = "layer"  # ratio per layer or global
+    threshold: float | None = None  # selection threshold; initial threshold of threshold-decay
+    decay: float = 0.5  # threshold-decay: factor per round
+    schedule: str = "one-shot"  # one-shot | iterative | gradual | threshold-decay
+    rounds: int = 3  # iterative / gradual (unit level) / threshold-decay rounds
+    criterion_params: dict | None = None  # e.g. {"lambda": 0.5} for redundancy
 
     def __post_init__(self):
+        from .methods import SCHEDULES, parse_granularity
+        from .select import get_selection
+
+        if self.budget is None and self.selection == "budget":
+            self.budget = "latency=0.5"
+        get_selection(self.selection)
+        kind, pattern = parse_granularity(self.granularity)
+        if self.schedule not in SCHEDULES:
+            raise HwpruneError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
+        if self.selection == "budget" and (kind != "channel" or self.schedule != "one-shot"):
+            raise HwpruneError(
+                "--selection budget (the hardware allocator) plans channel widths in one shot; for "
+                f"--granularity {self.granularity} / --schedule {self.schedule} use --selection ratio with --sparsity"
+            )
+        if (
+            self.selection in ("ratio", "hierarchical")
+            and self.sparsity is None
+            and not (pattern and pattern.kind == "nm")
+        ):
+            raise HwpruneError(f"--selection {self.selection} needs --sparsity F (the fraction of units to remove)")
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise HwpruneError(f"--sparsity {self.sparsity}: the fraction to remove must be in [0, 1)")
+        if (self.selection == "threshold" or self.schedule == "threshold-decay") and self.threshold is None:
+            raise HwpruneError("--selection threshold and --schedule threshold-decay need --threshold T")
+        if self.schedule == "threshold-decay" and not 0 < self.decay <= 1:
+            raise HwpruneError("--decay must be in (0, 1]")
+        if self.schedule in ("iterative", "gradual") and self.selection not in ("ratio",):
+            raise HwpruneError(f"--schedule {self.schedule} ramps a --sparsity: use it with --selection ratio")
+        if self.rounds < 1:
+            raise HwpruneError("--rounds must be at least 1")
+        if self.scope not in ("layer", "global"):
+            raise HwpruneError("--scope must be layer or global")
         if self.finetune_epochs < 0:
             raise HwpruneError("--finetune-epochs must be 0 or more")
         if self.finetune_epochs > 0 and not self.data:
@@ -140,7 +182,7 @@ def _check_feasible(problem, constraints, dense, example, scores, measure, min_k
 class PruneResult:
     model: nn.Module
     dense: nn.Module
-    plan: Plan
+    plan: Plan  # or methods.MethodRecord: anything with save(path)
     report: dict
     resolved: ResolvedModel = field(repr=False, default=None)
 
@@ -272,7 +314,14 @@ def final_figures(
 
 
 def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
-    """Run the whole pipeline; returns the pruned model, its plan and the report (nothing is written)."""
+    """Run the whole pipeline; returns the pruned model, its plan and the report (nothing is written).
+
+    Granularities other than `channel` and selections other than `budget` run in methods.py.
+    """
+    if cfg.selection != "budget":
+        from .methods import run_method
+
+        return run_method(cfg, progress)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     stages: dict[str, float] = {}
