@@ -64,7 +64,7 @@ def calibration_batches(model: nn.Module, example_inputs, n: int = 2, seed: int 
     model.eval()
     for _ in range(n):
         x = (
-            torch.randn(example_inputs.shape, generator=gen)
+            torch.randn(example_inputs.shape, generator=gen).to(example_inputs.device, example_inputs.dtype)
             if isinstance(example_inputs, torch.Tensor)
             else example_inputs
         )
