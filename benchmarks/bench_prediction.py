@@ -7,10 +7,11 @@
 Each case prunes the model with the pipeline (`latency=0.5`, no fine-tuning) and then validates the cost
 model with `hwprune.validate.validate` on the same latency table. Three predictions per case:
 
-- pruned, pipeline: the plan's prediction when the loop chose it (remainder fitted on the dense model and
-  the loop's earlier plans; never on this plan) vs the pipeline's final measurement.
-- pruned, fit on dense: remainder fitted on the dense model alone, vs a fresh interleaved measurement.
-- dense, fit on pruned: remainder fitted on the pruned model alone, vs the same interleaved measurement.
+- pruned, pipeline: the plan's prediction when the loop chose it (remainder fitted on the dense model, two
+  uniform calibration plans and the loop's earlier plans; never on this plan) vs the pipeline's final
+  measurement.
+- dense and pruned, fit on "uniform 0.8 and 0.4": the remainder fitted on two uniform calibration plans
+  (keep 0.8 and 0.4 of every group; neither model predicted), vs one fresh interleaved measurement of all four.
 
 A remainder fitted on the very model it predicts would be exact by construction, so no row does that.
 The `layer sum` column is the sum of the table's layer curves with no fitted term at all.
@@ -97,14 +98,14 @@ def run_case(name: str, batch: int, target_name: str) -> dict:
         "rows": [
             {
                 "variant": "dense",
-                "fit": "pruned",
+                "fit": dense.remainder_fit,
                 "layer_sum_ms": dense.layer_sum_s * 1e3,
                 "predicted_ms": dense.predicted_s * 1e3,
                 "measured_ms": dense.measured_s * 1e3,
             },
             {
                 "variant": "pruned",
-                "fit": "dense",
+                "fit": pruned.remainder_fit,
                 "layer_sum_ms": pruned.layer_sum_s * 1e3,
                 "predicted_ms": pruned.predicted_s * 1e3,
                 "measured_ms": pruned.measured_s * 1e3,

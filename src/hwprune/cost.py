@@ -201,3 +201,14 @@ class CostModel:
             out[j] = sum(self.curves[la.name](*self._widths_of(la, trial)) for la in touching)
             out[j] += self.r1 * self.phi_share(g_id, w)
         return out
+
+
+#: Keep fractions of the two uniform plans the remainder is calibrated on before any plan is chosen: one near
+#: the dense model and one near the middle of the range budgets land in, so both ends of `R0 + R1 * phi`
+#: are pinned by measurements (one dense point cannot tell a fixed per-call cost from one that scales).
+CALIBRATION_KEEPS = (0.8, 0.4)
+
+
+def uniform_widths(analysis: GroupAnalysis, keep: float) -> dict[str, int]:
+    """Every group at the candidate width nearest `keep` x its size."""
+    return {g.id: min(g.candidates, key=lambda c: abs(c - keep * g.size)) for g in analysis.groups}

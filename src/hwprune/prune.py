@@ -18,7 +18,7 @@ import torch.nn as nn
 from .allocate import Problem, allocate_constrained, get_allocator
 from .apply import apply_plan, recalibrate_bn
 from .budget import Budget, format_amount, parse_budgets
-from .cost import CostModel, Profiler
+from .cost import CALIBRATION_KEEPS, CostModel, Profiler, uniform_widths
 from .data import Dataset, get_dataset
 from .errors import HwpruneError
 from .evaluate import accuracy, macs_params, size_bytes
@@ -161,6 +161,16 @@ def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint])
     refined = allocator(surrogate, 1.0)
     ok = all(c.cost.predict(refined) <= c.aim for c in constraints)
     return refined if ok else widths
+
+
+def _calibrate_remainder(cost, analysis, dense, example, scores, target, t_dense: float) -> None:
+    """Measure two uniform plans (interleaved with the dense model) so the remainder's fixed and
+    width-dependent parts are both fitted before the first plan is chosen (cost.CALIBRATION_KEEPS)."""
+    plans = [uniform_widths(analysis, k) for k in CALIBRATION_KEEPS]
+    models = [apply_plan(dense, example, make_plan(w, scores, cost.sizes)) for w in plans]
+    td, *tc = target.time_models([dense, *models], example)
+    for w, t in zip(plans, tc):
+        cost.add_measurement(w, t.median / td.median * t_dense)
 
 
 def _check_feasible(problem, constraints, dense, example, scores, measure, min_keep: float) -> None:
@@ -373,6 +383,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     for b in budgets:
         if b.kind == "latency":
             cost.add_measurement(cost.dense_widths(), t_dense.median)
+            _calibrate_remainder(cost, analysis, dense, example, scores, target, t_dense.median)
             constraints.append(Constraint(b, cost, t_dense.median, GOAL, ACCEPT_LOW, ACCEPT_HIGH))
         else:
             fc = figure_cost_model(b.kind, analysis, dense, example, target)
