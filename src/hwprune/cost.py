@@ -132,19 +132,53 @@ class Profiler:
         return curves
 
 
+def layer_weights(layer: LayerInfo, c_in: int, c_out: int) -> float:
+    """Weights (and bias) of a conv/linear layer at widths (c_in, c_out): the bytes it streams per call."""
+    k = int(np.prod(layer.kernel_size)) if layer.kernel_size else 1
+    if layer.depthwise:
+        return float(c_out * k + (c_out if layer.bias else 0))
+    return float(c_in * c_out * k + (c_out if layer.bias else 0))
+
+
+class _WithWeights:
+    """A layer's measured curve plus its share of the weight-proportional remainder, R2 * weights / total."""
+
+    def __init__(self, owner: CostModel, layer: LayerInfo, curve):
+        self.owner, self.layer, self.curve = owner, layer, curve
+
+    def __call__(self, c_in: int, c_out: int) -> float:
+        t = self.curve(c_in, c_out)
+        if self.owner.r2:
+            t += self.owner.r2 * layer_weights(self.layer, c_in, c_out) / self.owner._weights_total
+        return t
+
+
 @dataclass
 class CostModel:
-    """Predicted model latency for any assignment of widths to groups."""
+    """Predicted model latency for any assignment of widths to groups.
+
+    Latency = the layers' measured curves + a remainder fitted to whole-model measurements,
+    R0 + R1 * phi + R2 * psi: a fixed per-call part, a part that scales with the activations kept (phi:
+    BatchNorm, activations, adds, pooling) and a part that scales with the weights kept (psi: each layer is
+    timed alone with its weights hot in cache; inside a model larger than the cache they stream from
+    memory, which dominates batch-1 MLPs). The psi part is folded into the layer curves (`curves`), so
+    every allocator sees it; `base_curves` are the measured ones.
+    """
 
     analysis: GroupAnalysis
     curves: dict[str, LayerCurve]
     r0: float = 0.0
     r1: float = 0.0
-    fit_points: list[tuple[float, float]] = field(default_factory=list)  # (phi, measured - layer sum)
+    r2: float = 0.0
+    fit_points: list[tuple[float, float, float]] = field(default_factory=list)  # (phi, psi, measured - layers)
 
     def __post_init__(self):
         self.sizes = {g.id: g.size for g in self.analysis.groups}
         self._act_total = sum(la.output_numel for la in self.analysis.layers) or 1
+        self._weights_total = sum(layer_weights(la, la.in_channels, la.out_channels) for la in self.analysis.layers)
+        self._weights_total = self._weights_total or 1.0
+        self.base_curves = self.curves
+        self.curves = {la.name: _WithWeights(self, la, self.base_curves[la.name]) for la in self.analysis.layers}
 
     def dense_widths(self) -> dict[str, int]:
         return dict(self.sizes)
@@ -155,7 +189,8 @@ class CostModel:
         return c_in, c_out
 
     def layer_sum(self, widths: dict[str, int]) -> float:
-        return sum(self.curves[la.name](*self._widths_of(la, widths)) for la in self.analysis.layers)
+        """The measured layer curves at `widths` (no fitted term)."""
+        return sum(self.base_curves[la.name](*self._widths_of(la, widths)) for la in self.analysis.layers)
 
     def phi(self, widths: dict[str, int]) -> float:
         kept = 0.0
@@ -164,28 +199,45 @@ class CostModel:
             kept += la.output_numel * (frac if la.out_group else 1.0)
         return kept / self._act_total
 
+    def psi(self, widths: dict[str, int]) -> float:
+        """Fraction of the conv/linear weights kept."""
+        kept = sum(layer_weights(la, *self._widths_of(la, widths)) for la in self.analysis.layers)
+        return kept / self._weights_total
+
     def remainder(self, widths: dict[str, int]) -> float:
-        return self.r0 + self.r1 * self.phi(widths)
+        return self.r0 + self.r1 * self.phi(widths) + self.r2 * self.psi(widths)
 
     def predict(self, widths: dict[str, int]) -> float:
         return self.layer_sum(widths) + self.remainder(widths)
 
     def add_measurement(self, widths: dict[str, int], measured: float) -> None:
-        """Refit the remainder to every whole-model measurement so far (least squares, R1 >= 0)."""
-        self.fit_points.append((self.phi(widths), measured - self.layer_sum(widths)))
-        phis = np.array([p for p, _ in self.fit_points])
-        res = np.array([r for _, r in self.fit_points])
-        if len(self.fit_points) == 1 or np.ptp(phis) < 1e-3:
+        """Refit the remainder to every whole-model measurement so far (least squares, R1, R2 >= 0)."""
+        self.fit_points.append((self.phi(widths), self.psi(widths), measured - self.layer_sum(widths)))
+        pts = np.array(self.fit_points)
+        phis, res = pts[:, 0], pts[:, 2]
+        if len(pts) == 1 or np.ptp(phis) < 1e-3:
             # One point: assume the remainder scales with the activations it touches. A negative residual
             # (the layers timed alone overestimate the model) is a constant offset instead: a negative
             # slope would make narrower plans look slower.
             r = float(res.mean())
-            self.r0, self.r1 = (0.0, r / max(float(phis.mean()), 1e-6)) if r >= 0 else (r, 0.0)
-        else:
-            r1, r0 = np.polyfit(phis, res, 1)
-            if r1 < 0:
-                r1, r0 = 0.0, float(res.mean())
-            self.r0, self.r1 = float(r0), float(r1)
+            self.r0, self.r1, self.r2 = (0.0, r / max(float(phis.mean()), 1e-6), 0.0) if r >= 0 else (r, 0.0, 0.0)
+            return
+        # Candidate models: constant, + phi, + psi, and (with 4+ points) + both; slopes must be >= 0.
+        # The smallest squared error wins; two-term models need 2 points, the three-term one 4.
+        best = (float(np.sum((res - res.mean()) ** 2)), (float(res.mean()), 0.0, 0.0))
+        terms = [(0,), (1,)] + ([(0, 1)] if len(pts) >= 4 else [])  # columns of pts: phi, psi
+        for cols in terms:
+            a = np.column_stack([np.ones(len(pts))] + [pts[:, c] for c in cols])
+            coef, *_ = np.linalg.lstsq(a, res, rcond=None)
+            if np.any(coef[1:] < 0):
+                continue
+            sse = float(np.sum((a @ coef - res) ** 2))
+            if sse < best[0] - 1e-18:
+                full = [float(coef[0]), 0.0, 0.0]
+                for c, v in zip(cols, coef[1:]):
+                    full[c + 1] = float(v)
+                best = (sse, tuple(full))
+        self.r0, self.r1, self.r2 = best[1]
 
     def phi_share(self, g_id: str, width: int) -> float:
         """Group `g_id`'s part of `phi` at `width` (phi is separable over groups)."""
@@ -203,10 +255,10 @@ class CostModel:
         return out
 
 
-#: Keep fractions of the two uniform plans the remainder is calibrated on before any plan is chosen: one near
-#: the dense model and one near the middle of the range budgets land in, so both ends of `R0 + R1 * phi`
-#: are pinned by measurements (one dense point cannot tell a fixed per-call cost from one that scales).
-CALIBRATION_KEEPS = (0.8, 0.4)
+#: Keep fractions of the uniform plans the remainder is calibrated on before any plan is chosen, spread over
+#: the range budgets land in: one dense point cannot tell a fixed per-call cost from one that scales, and
+#: activations (~ keep) and weights (~ keep^2) scale differently, so three widths separate R0, R1 and R2.
+CALIBRATION_KEEPS = (0.85, 0.55, 0.3)
 
 
 def uniform_widths(analysis: GroupAnalysis, keep: float) -> dict[str, int]:

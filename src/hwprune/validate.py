@@ -223,7 +223,7 @@ def validate(
     fit = CostModel(analysis, curves)
     for w, t in zip(cal_w, tc):
         fit.add_measurement(w, t.median)
-    how = "uniform " + " and ".join(f"{k:g}" for k in CALIBRATION_KEEPS)
+    how = "uniform " + ", ".join(f"{k:g}" for k in CALIBRATION_KEEPS)
     report.models += [
         ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, how),
         ModelCheck("pruned", fit.layer_sum(check_w), fit.remainder(check_w), tp.median, tp.iqr, how),
