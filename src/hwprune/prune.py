@@ -166,11 +166,12 @@ def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint])
 def _calibrate_remainder(cost, analysis, dense, example, scores, target, t_dense: float) -> None:
     """Measure two uniform plans (interleaved with the dense model) so the remainder's fixed and
     width-dependent parts are both fitted before the first plan is chosen (cost.CALIBRATION_KEEPS)."""
-    plans = [uniform_widths(analysis, k) for k in CALIBRATION_KEEPS]
-    models = [apply_plan(dense, example, make_plan(w, scores, cost.sizes)) for w in plans]
-    td, *tc = target.time_models([dense, *models], example)
-    for w, t in zip(plans, tc):
-        cost.add_measurement(w, t.median / td.median * t_dense)
+    for keep in CALIBRATION_KEEPS:
+        # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
+        # models in one run thrashes the kernel library's primitive cache and slows the small ones.
+        w = uniform_widths(analysis, keep)
+        td, tc = target.time_models([dense, apply_plan(dense, example, make_plan(w, scores, cost.sizes))], example)
+        cost.add_measurement(w, tc.median / td.median * t_dense)
 
 
 def _check_feasible(problem, constraints, dense, example, scores, measure, min_keep: float) -> None:
