@@ -24,7 +24,7 @@ def size_bytes(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_inputs) -> int:
     """Multiply-accumulates of the conv, linear and attention layers in one forward pass on `example_inputs`
     (the whole batch). Normalisation, activations and adds are not MACs and are not counted."""
-    from .groups import _forward
+    from .groups import run_hooked
 
     total = 0
 
@@ -53,18 +53,9 @@ def count_macs(model: nn.Module, example_inputs) -> int:
         id(m) for a in model.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules() if m is not a
     }
     counted = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted) and id(m) not in inside_mha
-    ]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _forward(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    run_hooked(
+        model, example_inputs, [m for m in model.modules() if isinstance(m, counted) and id(m) not in inside_mha], hook
+    )
     return total
 
 

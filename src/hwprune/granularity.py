@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from .errors import HwpruneError
-from .groups import PRUNABLE_TYPES, _forward
+from .groups import PRUNABLE_TYPES, _forward, run_hooked
 from .importance import BLOCK, CRITERIA, HEAD, Stats, _collect, _params, get_criterion
 
 # ----------------------------------------------------------------------------------------------- common
@@ -539,16 +539,7 @@ def find_blocks(model: nn.Module, example_inputs) -> list[BlockInfo]:
     def hook(mod, args, out):
         calls.setdefault(mod, []).append((args, out))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _forward(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    run_hooked(model, example_inputs, [m for m in model.modules() if m is not model], hook)
     cands = []
     for m, seen in calls.items():
         if len(seen) != 1:

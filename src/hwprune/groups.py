@@ -107,6 +107,21 @@ def _forward(model: nn.Module, example_inputs):
     return model(example_inputs)
 
 
+def run_hooked(model: nn.Module, example_inputs, modules, hook) -> object:
+    """One no-grad, eval-mode forward pass with `hook` as a forward hook on each of `modules`; the hooks are
+    removed and the model's train/eval mode restored afterwards. Returns the model's output."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _forward(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+
+
 @dataclass
 class GroupAnalysis:
     """The result of stage 1: the dependency graph, the groups, and the layers the cost model times."""
@@ -191,13 +206,7 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
             out_numel[mod] = out.numel() if isinstance(out, torch.Tensor) else 0
             order.append(mod)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-    try:
-        with torch.no_grad():
-            _forward(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example_inputs, [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)], hook)
     if not order:
         raise HwpruneError("the model has no Conv/Linear layer that runs on the example input; nothing to prune")
     output_layer = order[-1]

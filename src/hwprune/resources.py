@@ -28,7 +28,7 @@ import torch.nn as nn
 from .cost import CostModel, Profiler
 from .errors import HwpruneError
 from .evaluate import macs_params, size_bytes
-from .groups import GroupAnalysis, _forward
+from .groups import GroupAnalysis, run_hooked
 from .hardware.timing import Timing
 
 COUNTED = ("memory", "energy", "params", "macs")
@@ -52,17 +52,7 @@ def peak_activation_bytes(model: nn.Module, inputs) -> int:
         nonlocal peak
         peak = max(peak, _tensor_bytes(args) + _tensor_bytes(out))
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = _forward(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    out = run_hooked(model, inputs, [m for m in model.modules() if not list(m.children())], hook)
     return max(peak, _tensor_bytes(inputs) + _tensor_bytes(out))
 
 

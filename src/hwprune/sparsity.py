@@ -123,19 +123,10 @@ def output_layer(model: nn.Module, example_inputs=None) -> str | None:
     names = {m: n for n, m in model.named_modules() if is_maskable(m)}
     if example_inputs is None:
         return list(names.values())[-1] if names else None
-    from .groups import _forward
+    from .groups import run_hooked
 
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: order.append(names[mod])) for m in names]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _forward(model, example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    run_hooked(model, example_inputs, list(names), lambda mod, a, o: order.append(names[mod]))
     return order[-1] if order else None
 
 
@@ -504,18 +495,6 @@ class WeightPruneResult:
     history: list[dict]  # one entry per (re-)masking: step, target and actual sparsity of the masked layers
 
 
-def _epoch_batches(data, epochs: int, batch_size: int, seed: int) -> list:
-    # The same seeded order as hwprune.examples.train, so every schedule sees the same batches.
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(data.x_train), generator=g)
-        for i in range(len(perm) // batch_size):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            batches.append((data.x_train[idx], data.y_train[idx]))
-    return batches
-
-
 def _train_with_callback(model, batches, lr, teacher, callback: Callable[[int], bool], progress: bool) -> None:
     """`hwprune.examples.train_steps` (AdamW, one-cycle, KD) with `callback(step)` before each step.
 
@@ -609,8 +588,10 @@ def prune_weights(
         recalibrate_bn(model, data.batches(cfg.batch_size, cfg.bn_batches, seed=cfg.seed + 1))
 
     torch.manual_seed(cfg.seed)
-    batches = _epoch_batches(data, cfg.epochs, cfg.batch_size, cfg.seed)
-    from .examples import train_steps
+    from .examples import epoch_batches, train_steps
+
+    # The same seeded order as hwprune.examples.train, so every schedule sees the same batches.
+    batches = epoch_batches(data, cfg.epochs, cfg.batch_size, cfg.seed)
 
     if cfg.schedule == "one-shot":
         mask_to(cfg.sparsity, 0)

@@ -204,31 +204,41 @@ def validate(
         med, iqr = measured[key]
         report.layers.append(LayerCheck(la.name, la.kind, c_in, c_out, curves[la.name](c_in, c_out), med, iqr, on_grid))
 
+    order = {g.id: -np.arange(g.size) for g in analysis.groups}  # which channels are kept does not matter
     if widths is None:
-        # One model: a remainder fitted on it would predict it exactly, so only the layer sum is checked.
-        t = target.time_models([model], example_inputs, final=True)[0]
-        cost = CostModel(analysis, curves)
-        report.models.append(ModelCheck("dense", cost.layer_sum(dense_w), 0.0, t.median, t.iqr, "none"))
+        # One model: the remainder is fitted on the calibration plans only, so the prediction is out of sample.
+        td = target.time_models([model], example_inputs, final=True)[0]
+        fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, td.median)
+        report.models.append(
+            ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, _CAL)
+        )
         return report
 
-    order = {g.id: -np.arange(g.size) for g in analysis.groups}  # which channels are kept does not matter
     if pruned is None:
         pruned = apply_plan(model, example_inputs, make_plan(check_w, order, dense_w))
     pruned.eval()
     # The remainder is fitted on two calibration plans that are neither model being predicted, so both
     # predictions are out of sample (a remainder fitted on the model it predicts is exact by construction).
-    # Each model is timed in a pair with the dense one (as the pipeline does): interleaving many differently
-    # shaped models in one run thrashes the kernel library's primitive cache and slows the small ones.
     td, tp = target.time_models([model, pruned], example_inputs, final=True)
-    fit = CostModel(analysis, curves)
-    for k in CALIBRATION_KEEPS:
-        w = uniform_widths(analysis, k)
-        cal = apply_plan(model, example_inputs, make_plan(w, order, dense_w)).eval()
-        td_k, tc = target.time_models([model, cal], example_inputs)
-        fit.add_measurement(w, tc.median / td_k.median * td.median)
-    how = "uniform " + ", ".join(f"{k:g}" for k in CALIBRATION_KEEPS)
+    fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, td.median)
+    how = _CAL
     report.models += [
         ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, how),
         ModelCheck("pruned", fit.layer_sum(check_w), fit.remainder(check_w), tp.median, tp.iqr, how),
     ]
     return report
+
+
+_CAL = "uniform " + ", ".join(f"{k:g}" for k in CALIBRATION_KEEPS)
+
+
+def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, t_dense) -> CostModel:
+    """A cost model whose remainder is fitted on the uniform calibration plans only (neither the dense nor the
+    pruned model), each timed in a pair with the dense model as the pipeline does and put on `t_dense`'s scale."""
+    fit = CostModel(analysis, curves)
+    for k in CALIBRATION_KEEPS:
+        w = uniform_widths(analysis, k)
+        cal = apply_plan(model, example_inputs, make_plan(w, order, dense_w)).eval()
+        td_k, tc = target.time_models([model, cal], example_inputs)
+        fit.add_measurement(w, tc.median / td_k.median * t_dense)
+    return fit
