@@ -20,14 +20,15 @@ from hwprune.plan import GroupPlan, Plan, make_plan
 def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
     model, x = tiny_cnn()
     a = analyze(model, x)
+    # A deterministic target first, so every count is exact (a timed one may re-measure an outlier).
     cache = LatencyCache(tmp_path / "t.sqlite")
-    p1 = Profiler(get_target("cpu", threads=1), cache, progress=False)
+    p1 = Profiler(get_target("analytic-test"), cache, progress=False)
     curves1 = p1.build(a)
     n = cache.count()
     assert p1.measured == n > 0 and cache.hits == 0
 
     cache2 = LatencyCache(tmp_path / "t.sqlite")
-    p2 = Profiler(get_target("cpu", threads=1), cache2, progress=False)
+    p2 = Profiler(get_target("analytic-test"), cache2, progress=False)
     curves2 = p2.build(a)
     assert p2.measured == 0 and cache2.hits == n
     for k in curves1:
@@ -38,7 +39,7 @@ def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
     p3.build(a)
     # Refinement points depend on the measured values, so the count may differ; none is reused.
     assert p3.device != p1.device and p3.measured > 0 and cache3.hits == 0
-    assert cache3.count(p1.device) == n and cache3.count(p3.device) == p3.measured
+    assert cache3.count(p1.device) == n and 0 < cache3.count(p3.device) <= p3.measured
     torch.set_num_threads(1)
 
 

@@ -452,17 +452,19 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="hwprune", description="Prune a PyTorch model to a latency budget measured on this hardware."
+        prog="hwprune",
+        description="Prune a PyTorch model to fit a target (this CPU, ONNX Runtime, a CUDA GPU or a simulated device) "
+        "and a budget (latency, memory, energy, params, MACs) measured or counted on that target.",
     )
     parser.add_argument("--version", action="version", version=f"hwprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train, prune to 50%% latency and fine-tune a 1-D CNN on MNIST-1D (no downloads)")
     p.add_argument("--out", default="hwprune-demo", help="output directory (default: ./hwprune-demo)")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("prune", help="prune a model to a latency budget")
+    p = sub.add_parser("prune", help="prune a model to a budget on a target, or by any method (see `methods`)")
     _prune_args(p)
     p.set_defaults(fn=cmd_prune)
-    p = sub.add_parser("bench", help="measure a model's latency on this CPU")
+    p = sub.add_parser("bench", help="measure a model's latency on a target (default: this CPU)")
     _add_model_args(p)
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("targets", help="list the targets latency can be measured on (--target NAME)")

@@ -104,15 +104,14 @@ class Profiler:
 
         A layer's latency is a staircase that rises with its width; an entry OUTLIER x above the cheapest
         wider one was timed during a burst of load (seen here: 68 ms entries for 0.1 ms layers while other
-        jobs ran). It is timed again and stored; if it is still out of line, the row keeps the wider width's
-        figure, so no narrower plan ever looks slower than a wider one because of noise.
+        jobs ran). It is timed again and the new figure replaces it in the table; a figure that is still out
+        of line is real (some kernels are slower at misaligned widths) and is kept.
         """
         for i in range(len(xs) - 2, -1, -1):
             wider = min(pts[x] for x in xs[i + 1 :])
             if pts[xs[i]] > OUTLIER * wider:
                 x = xs[i]
                 pts[x] = self.entry(layer, x if dw else c_in, x, fresh=True)
-                pts[x] = min(pts[x], wider)
 
     def curve(self, layer: LayerInfo, in_cands: list[int], out_cands: list[int]) -> LayerCurve:
         if layer.depthwise:
@@ -131,7 +130,7 @@ class Profiler:
             for j, o in enumerate(outs):
                 wider = min(rows[c][j] for c in ins[i + 1 :])
                 if rows[ins[i]][j] > OUTLIER * wider:
-                    rows[ins[i]][j] = min(self.entry(layer, ins[i], o, fresh=True), wider)
+                    rows[ins[i]][j] = self.entry(layer, ins[i], o, fresh=True)
         return LayerCurve(ins, outs, np.array([rows[c] for c in ins]))
 
     def build(self, analysis: GroupAnalysis) -> dict[str, LayerCurve]:
