@@ -15,7 +15,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import HwpruneError
-from .fingerprint import fingerprint, fingerprint_key, physical_cores
-from .targets import register_target
-from .timing import FAST_PROTOCOL, MODEL_PROTOCOL, TABLE_PROTOCOL, Timing, TimingProtocol, time_interleaved
+from .fingerprint import fingerprint
+from .targets import CpuTarget, register_target
+from .timing import Timing, time_interleaved
 
 #: ONNX opset of every export: 17 has LayerNormalization as one op (ViT, transformers) and every
 #: torchvision classifier exports with it; ORT 1.32 runs opsets up to 23.
@@ -152,25 +151,14 @@ def _model_key(model: nn.Module) -> tuple:
 
 
 @register_target("cpu-ort")
-class OrtCpuTarget:
-    """This machine's CPU through ONNX Runtime's CPU execution provider, float32, fixed intra-op threads."""
+class OrtCpuTarget(CpuTarget):
+    """This machine's CPU through ONNX Runtime's CPU execution provider, float32, fixed intra-op threads.
+
+    Threads and timing protocols as `cpu` (the pipeline's own torch work keeps the same thread count as
+    the sessions); only what is timed differs.
+    """
 
     description = "this machine's CPU, ONNX Runtime (CPU EP, all graph optimisations), float32, fixed threads"
-
-    def __init__(
-        self,
-        threads: int | None = None,
-        table_protocol: TimingProtocol = TABLE_PROTOCOL,
-        model_protocol: TimingProtocol = MODEL_PROTOCOL,
-    ):
-        self.threads = threads or physical_cores()
-        if os.environ.get("HWPRUNE_TIMING") == "fast":
-            # Tests and smoke runs only: 3 calls per figure, so the plumbing runs in seconds; the figures are noise.
-            table_protocol = model_protocol = FAST_PROTOCOL
-        self.table_protocol = table_protocol
-        self.model_protocol = model_protocol
-        # The pipeline's own torch work (tracing, surgery) keeps the same thread count as the sessions.
-        torch.set_num_threads(self.threads)
 
     def fingerprint(self) -> dict:
         return {
@@ -180,9 +168,6 @@ class OrtCpuTarget:
             "inter_op_threads": 1,
             "graph_optimization": "ORT_ENABLE_ALL",
         }
-
-    def device_key(self) -> str:
-        return fingerprint_key(self.fingerprint())
 
     def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
         return time_interleaved([_Runner(layer, x, self.threads)], self.table_protocol)[0]
@@ -199,7 +184,4 @@ class OrtCpuTarget:
             if key not in runners:
                 runners[key] = _Runner(m, inputs, self.threads)
             fns.append(runners[key])
-        protocol = self.model_protocol
-        if final:
-            protocol = replace(protocol, min_calls=protocol.min_calls * 2, min_s=protocol.min_s * 4)
-        return time_interleaved(fns, protocol)
+        return time_interleaved(fns, self.protocol(final))
