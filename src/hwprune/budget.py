@@ -44,9 +44,6 @@ class Budget:
         """The absolute limit, given the dense model's figure of the same kind."""
         return self.value * dense if self.relative else self.value
 
-    def seconds(self, dense_s: float) -> float:  # the latency budget's limit, by its old name
-        return self.limit(dense_s)
-
     def describe(self) -> str:
         if self.relative:
             return f"{self.value:g} x dense {self.kind}"
@@ -103,11 +100,3 @@ def parse_budgets(text: str) -> list[Budget]:
         if kinds.count(k) > 1:
             raise HwpruneError(f"--budget {text!r}: '{k}' is given more than once")
     return budgets
-
-
-def parse_budget(text: str) -> Budget:
-    """A single budget term (the core issue's latency-only form)."""
-    budgets = parse_budgets(text)
-    if len(budgets) != 1:
-        raise HwpruneError(f"--budget {text!r}: expected one budget, got {len(budgets)}")
-    return budgets[0]

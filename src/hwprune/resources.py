@@ -110,7 +110,6 @@ class _Figures:
     def __init__(self):
         self.hits = 0
         self._d: dict[tuple, tuple[float, float]] = {}
-        self.path = ":memory:"
 
     def register_device(self, key: str, fingerprint: dict) -> None:
         pass
