@@ -77,8 +77,12 @@ def train_steps(
     teacher: nn.Module | None = None,
     desc: str = "train",
     progress: bool = True,
+    before_step=None,
 ) -> nn.Module:
-    """One optimisation step per (x, y) batch: AdamW with a one-cycle schedule, KD when `teacher` is given."""
+    """One optimisation step per (x, y) batch: AdamW with a one-cycle schedule, KD when `teacher` is given.
+
+    `before_step(step, optimizer)`, if given, runs before each step (gradual pruning re-masks there).
+    """
     if not batches:
         return model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -87,7 +91,10 @@ def train_steps(
         teacher.eval()
     model.train()
     with tqdm(batches, desc=desc, unit="step", disable=not progress, leave=False) as bar:
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
+            if before_step is not None:
+                before_step(step, opt)
+                model.train()
             out = model(x)
             with torch.no_grad():
                 t = teacher(x) if teacher is not None else None

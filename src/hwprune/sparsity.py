@@ -495,37 +495,13 @@ class WeightPruneResult:
     history: list[dict]  # one entry per (re-)masking: step, target and actual sparsity of the masked layers
 
 
-def _train_with_callback(model, batches, lr, teacher, callback: Callable[[int], bool], progress: bool) -> None:
-    """`hwprune.examples.train_steps` (AdamW, one-cycle, KD) with `callback(step)` before each step.
-
-    When the callback re-masks (returns True), the optimiser moments of the newly pruned weights are
-    cleared, so Adam does not keep moving them on stale momentum.
-    """
-    from tqdm.auto import tqdm
-
-    from .examples import kd_loss
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(batches))
-    if teacher is not None:
-        teacher.eval()
-    model.train()
-    for step, (x, y) in enumerate(tqdm(batches, desc="gradual pruning", disable=not progress, leave=False)):
-        if callback(step):
-            for m in masked_modules(model).values():
-                for v in opt.state.get(m.weight, {}).values():
-                    if isinstance(v, torch.Tensor) and v.shape == m.weight.shape:
-                        v.masked_fill_(~m.hwprune_mask, 0)
-            model.train()
-        out = model(x)
-        with torch.no_grad():
-            t = teacher(x) if teacher is not None else None
-        loss = kd_loss(out, y, t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+def _clear_pruned_moments(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """After a re-mask, zero the optimiser moments of the newly pruned weights, so Adam does not keep moving
+    them on stale momentum."""
+    for m in masked_modules(model).values():
+        for v in opt.state.get(m.weight, {}).values():
+            if isinstance(v, torch.Tensor) and v.shape == m.weight.shape:
+                v.masked_fill_(~m.hwprune_mask, 0)
 
 
 def prune_weights(
@@ -616,7 +592,11 @@ def prune_weights(
             mask_to(target, step)
             return True
 
-        _train_with_callback(model, batches, cfg.lr, teacher, callback, progress)
+        def before_step(step: int, opt) -> None:
+            if callback(step):
+                _clear_pruned_moments(model, opt)
+
+        train_steps(model, batches, cfg.lr, teacher, desc="gradual pruning", progress=progress, before_step=before_step)
         if not history or history[-1]["target"] < cfg.sparsity:
             mask_to(cfg.sparsity, len(batches))  # the ramp ended with training (ramp = 1 or few steps)
             recalibrate()
