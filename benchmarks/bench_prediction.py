@@ -129,6 +129,24 @@ def _err(row: dict) -> float:
     return (row["predicted_ms"] - row["measured_ms"]) / row["measured_ms"]
 
 
+def table_rows(case: dict) -> list[list]:
+    """One printed row per prediction of a case (target, model, batch, variant, fit, ms figures, error)."""
+    return [
+        [
+            case["target"],
+            case["model"],
+            case["batch"],
+            row["variant"],
+            row["fit"],
+            "" if row["layer_sum_ms"] is None else f"{row['layer_sum_ms']:.3f}",
+            f"{row['predicted_ms']:.3f}",
+            f"{row['measured_ms']:.3f}",
+            f"{100 * _err(row):+.1f}%",
+        ]
+        for row in case["rows"]
+    ]
+
+
 def main() -> None:
     from _common import save, table
 
@@ -152,21 +170,9 @@ def main() -> None:
                     print(f"{target} {name} batch {b}: FAILED {msg}", flush=True)
                     continue
                 cases.append(case)
-                for row in case["rows"]:
-                    rows.append(
-                        [
-                            target,
-                            name,
-                            b,
-                            row["variant"],
-                            row["fit"],
-                            "" if row["layer_sum_ms"] is None else f"{row['layer_sum_ms']:.3f}",
-                            f"{row['predicted_ms']:.3f}",
-                            f"{row['measured_ms']:.3f}",
-                            f"{100 * _err(row):+.1f}%",
-                        ]
-                    )
-                    print(" | ".join(str(c) for c in rows[-1]), flush=True)
+                for row in table_rows(case):
+                    rows.append(row)
+                    print(" | ".join(str(c) for c in row), flush=True)
                 worst = case["layer_worst"]
                 print(
                     f"  layers: median |error| {100 * case['layer_median_abs_error']:.1f}%, worst "

@@ -58,7 +58,7 @@ def main() -> int:
         lines += [f"pytest tests/test_targets_measured.py: exit {proc.returncode}", "", "```", tail, "```", ""]
 
     from _common import table
-    from bench_prediction import _err, run_case
+    from bench_prediction import run_case, table_rows
 
     from hwprune.hardware.targets import get_target
 
@@ -89,21 +89,9 @@ def main() -> int:
             continue
         last_s[(name, b)] = time.perf_counter() - t0
         cases.append(case)
-        for row in case["rows"]:
-            rows.append(
-                [
-                    t,
-                    name,
-                    b,
-                    row["variant"],
-                    row["fit"],
-                    "" if row["layer_sum_ms"] is None else f"{row['layer_sum_ms']:.3f}",
-                    f"{row['predicted_ms']:.3f}",
-                    f"{row['measured_ms']:.3f}",
-                    f"{100 * _err(row):+.1f}%",
-                ]
-            )
-            print(" | ".join(map(str, rows[-1])), flush=True)
+        for row in table_rows(case):
+            rows.append(row)
+            print(" | ".join(map(str, row)), flush=True)
         w = case["layer_worst"]
         print(
             f"  pruned/dense {case['latency_ratio']:.3f} (met: {case['budget_met']}); layers median |error| "

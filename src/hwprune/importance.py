@@ -305,6 +305,20 @@ def _gradient_stats(
     return {p: g / n for p, g in g_sum.items()}, {p: g / n for p, g in sq_sum.items()}
 
 
+def _hooked_passes(model: nn.Module, hooks: list[tuple[nn.Module, Callable]], inputs: list) -> None:
+    """No-grad, eval-mode forward passes over `inputs` with each (module, forward hook) attached; the hooks
+    are removed and the model's mode restored afterwards."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
+    device = _device(model)
+    try:
+        with _EvalMode(model), torch.no_grad():
+            for x in inputs:
+                _forward(model, _to(x, device))
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _conv_column_sq(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """Sum of squares of each im2col input column of a conv: shape (in_channels, *kernel_size).
 
@@ -343,15 +357,7 @@ def _input_norms(model: nn.Module, batches: Batches, modules: dict[str, nn.Modul
             v = _conv_column_sq(mod, x)
         sq[mod] = sq[mod] + v if mod in sq else v
 
-    handles = [m.register_forward_hook(hook) for m in modules.values()]
-    device = _device(model)
-    try:
-        with _EvalMode(model), torch.no_grad():
-            for x, _y in batches:
-                _forward(model, _to(x, device))
-    finally:
-        for h in handles:
-            h.remove()
+    _hooked_passes(model, [(m, hook) for m in modules.values()], [x for x, _y in batches])
     out: dict[nn.Module, torch.Tensor] = {}
     for m, v in sq.items():
         norm = v.sqrt()
@@ -426,13 +432,7 @@ def _measure_points(model: nn.Module, analysis: GroupAnalysis, x) -> dict[str, n
         if args and gid in root_out and args[0] is root_out[gid] and point[gid] in roots:
             point[gid] = mod
 
-    handles = [m.register_forward_hook(on_root) for m in roots] + [m.register_forward_hook(on_norm) for m in norms]
-    try:
-        with _EvalMode(model), torch.no_grad():
-            _forward(model, _to(x, _device(model)))
-    finally:
-        for h in handles:
-            h.remove()
+    _hooked_passes(model, [(m, on_root) for m in roots] + [(m, on_norm) for m in norms], [x])
     return point
 
 
@@ -454,15 +454,7 @@ def _output_stats(
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(gid)) for gid, m in point.items()]
-    device = _device(model)
-    try:
-        with _EvalMode(model), torch.no_grad():
-            for x, _y in batches:
-                _forward(model, _to(x, device))
-    finally:
-        for h in handles:
-            h.remove()
+    _hooked_passes(model, [(m, make_hook(gid)) for gid, m in point.items()], [x for x, _y in batches])
     silent = [g.id for g in analysis.groups if g.id not in sums]
     if silent:
         raise HwpruneError(
