@@ -146,3 +146,33 @@ def test_remainder_never_makes_narrower_plans_slower(tmp_path):
     assert cm.r1 >= 0
     narrow = {g: 2 for g in dense}
     assert cm.predict(narrow) < cm.predict(dense)
+
+
+def test_remainder_slope_may_be_negative_but_keeps_costs_rising(tmp_path):
+    """Layers timed alone can overestimate by an amount that grows with the activations (ONNX Runtime copies
+    each layer's input and output): a negative activation slope is fitted, unless it would make a group
+    cheaper as it widens."""
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+    curves = Profiler(get_target("analytic-test"), LatencyCache(tmp_path / "c.sqlite"), False).build(a)
+    dense = {g.id: g.size for g in a.groups}
+    half = {g: max(2, s // 2) for g, s in dense.items()}
+    narrow = {g.id: g.candidates[0] for g in a.groups}
+
+    def measured(cm, w, slope):
+        return cm.layer_sum(w) + 1e-4 + slope * cm.phi(w)
+
+    def fitted(slope):
+        cm = CostModel(a, curves)
+        for w in (dense, half):
+            cm.add_measurement(w, measured(cm, w, slope))
+        return cm
+
+    slope = -0.05 * CostModel(a, curves).layer_sum(dense)
+    gentle = fitted(slope)
+    assert min(gentle.r1, gentle.r2) < 0  # two points: the activation or the weight term fits them exactly
+    for w in (dense, half):
+        assert gentle.predict(w) == pytest.approx(measured(gentle, w, slope), rel=1e-6)
+    assert gentle.predict(narrow) < gentle.predict(half) < gentle.predict(dense)
+    steep = fitted(-5 * CostModel(a, curves).layer_sum(dense))  # would make wider plans faster
+    assert steep.r1 >= 0 and steep.r2 >= 0
