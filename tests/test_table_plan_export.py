@@ -170,9 +170,26 @@ def test_remainder_slope_may_be_negative_but_keeps_costs_rising(tmp_path):
 
     slope = -0.05 * CostModel(a, curves).layer_sum(dense)
     gentle = fitted(slope)
-    assert min(gentle.r1, gentle.r2) < 0  # two points: the activation or the weight term fits them exactly
+    # Two points: the activation term, the weight term or the table's scale fits them exactly.
+    assert min(gentle.r1, gentle.r2) < 0 or gentle.scale < 1
     for w in (dense, half):
         assert gentle.predict(w) == pytest.approx(measured(gentle, w, slope), rel=1e-6)
     assert gentle.predict(narrow) < gentle.predict(half) < gentle.predict(dense)
     steep = fitted(-5 * CostModel(a, curves).layer_sum(dense))  # would make wider plans faster
-    assert steep.r1 >= 0 and steep.r2 >= 0
+    assert steep.r1 >= 0 and steep.r2 >= 0 and steep.scale >= 1
+
+
+def test_remainder_fits_a_table_off_by_a_factor(tmp_path):
+    """Whole models running 0.7x the table's layer sum (e.g. ONNX Runtime fusing what was timed alone): the
+    fitted scale is 0.7 and an unseen plan is predicted exactly."""
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+    curves = Profiler(get_target("analytic-test"), LatencyCache(tmp_path / "c.sqlite"), False).build(a)
+    cm = CostModel(a, curves)
+    plans = [{g.id: max(g.candidates[0], int(g.size * k)) for g in a.groups} for k in (1.0, 0.75, 0.5, 0.25)]
+    for w in plans[:3]:
+        cm.add_measurement(w, 0.7 * cm.layer_sum(w) + 2e-5)
+    assert cm.scale == pytest.approx(0.7, rel=1e-6)
+    assert cm.predict(plans[3]) == pytest.approx(0.7 * cm.layer_sum(plans[3]) + 2e-5, rel=1e-6)
+    g = a.groups[0]
+    assert np.all(np.diff(cm.group_costs(g.id, cm.dense_widths(), g.candidates)) > 0)  # the allocator sees it
