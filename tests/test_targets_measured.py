@@ -155,7 +155,7 @@ def test_validate_on_analytic_target_matches_hand_computation():
     assert pruned.layer_sum_s == pytest.approx(layer_sum, rel=1e-9)
     assert pruned.measured_s == pytest.approx(layer_sum + 5e-5, rel=1e-9)
     assert pruned.remainder_fit == dense.remainder_fit == "uniform 0.85, 0.55, 0.3"
-    # Fitted on three calibration plans (neither model predicted), R0 + R1 * phi recovers this target's constant
+    # Fitted on three calibration plans (neither model predicted), the remainder recovers this target's constant
     # 50 us per call exactly (R1 = 0): both out-of-sample predictions are exact.
     assert pruned.remainder_s == pytest.approx(5e-5, rel=1e-6) and abs(pruned.error) < 1e-6
     assert dense.layer_sum_s + 5e-5 == pytest.approx(dense.measured_s, rel=1e-9) and abs(dense.error) < 1e-6

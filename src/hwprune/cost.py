@@ -4,8 +4,8 @@ Each layer's latency is measured on a sparse grid of (input width, output width)
 interpolated between them. The output-width axis is refined by bisection wherever the measured
 curve departs from a straight line, so the staircase edges (DESIGN.md) are found without timing
 every width. The model's predicted latency is the sum of its layers plus a *remainder* (BN, ReLU,
-adds, pooling, Python overhead) that is fitted to whole-model measurements as
-`R0 + R1 * phi`, where `phi` is the fraction of activation elements the plan keeps.
+adds, pooling, Python overhead) that is fitted to whole-model measurements (CostModel): a constant plus
+a term in the activations kept, the weights kept, or the layer sum itself.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ Per layer: every conv/linear is rebuilt at the widths being checked, timed alone
 compared with what its table curve predicts (an interpolation unless the widths are a measured grid
 point, when only re-measurement noise is left).
 
-Whole model: the prediction is the sum of the layer curves plus the remainder `R0 + R1 * phi`
-(cost.py), and the remainder is *fitted* to whole-model measurements, so a model the remainder was
-fitted on is predicted exactly by construction. An honest check predicts a model the fit has not
-seen: given pruned widths, the dense and the pruned model are timed interleaved, the remainder is
-fitted on the dense model alone to predict the pruned one, and on the pruned model alone to predict
-the dense one. The sum of the layer curves alone (no fitted term at all) is shown beside them.
+Whole model: the prediction is the sum of the layer curves plus the remainder (cost.CostModel), and the
+remainder is *fitted* to whole-model measurements, so a model the remainder was fitted on is predicted
+exactly by construction. An honest check predicts models the fit has not seen: the remainder is fitted
+on the uniform calibration plans (cost.CALIBRATION_KEEPS), each timed in a pair with the dense model,
+and then predicts the dense and the pruned model. The sum of the layer curves alone (no fitted term at
+all) is shown beside them.
 """
 
 from __future__ import annotations
