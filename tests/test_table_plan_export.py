@@ -193,3 +193,36 @@ def test_remainder_fits_a_table_off_by_a_factor(tmp_path):
     assert cm.predict(plans[3]) == pytest.approx(0.7 * cm.layer_sum(plans[3]) + 2e-5, rel=1e-6)
     g = a.groups[0]
     assert np.all(np.diff(cm.group_costs(g.id, cm.dense_widths(), g.candidates)) > 0)  # the allocator sees it
+
+
+def test_in_graph_times_rescale_each_layer_by_interpolated_ratio(tmp_path):
+    """Profiled kernel times replace the table's per layer; between profiled plans the in-graph / table ratio
+    is interpolated by table time, and a layer with no kernel found keeps its table curve."""
+    from hwprune.hardware.ort import NodeTime
+
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+    curves = Profiler(get_target("analytic-test"), LatencyCache(tmp_path / "c.sqlite"), False).build(a)
+    cm = CostModel(a, curves)
+    conv = next(la for la in a.layers if la.kind.startswith("conv") and la.in_group and la.out_group)
+    others = [la for la in a.layers if la is not conv]
+
+    def node(la, widths, ratio):
+        c_in, c_out = cm._widths_of(la, widths)
+        shape = list(la.input_shape)
+        shape[1] = c_in
+        out = [shape[0], c_out, 1, 1]
+        return NodeTime("Conv", tuple(shape), tuple(out), ratio * curves[la.name](c_in, c_out))
+
+    dense = cm.dense_widths()
+    half = {g: max(2, s // 2) for g, s in dense.items()}
+    assert cm.add_in_graph(dense, [node(conv, dense, 0.5)]) == 1
+    assert cm.add_in_graph(half, [node(conv, half, 1.5)]) == 1
+    t_dense, t_half = (curves[conv.name](*cm._widths_of(conv, w)) for w in (dense, half))
+    assert cm.curves[conv.name](*cm._widths_of(conv, dense)) == pytest.approx(0.5 * t_dense)
+    assert cm.curves[conv.name](*cm._widths_of(conv, half)) == pytest.approx(1.5 * t_half)
+    mid = (t_dense + t_half) / 2  # halfway in table time: halfway in ratio
+    assert cm.in_graph(conv.name, mid) == pytest.approx(mid * 1.0)
+    assert cm.in_graph(conv.name, 10 * t_dense) == pytest.approx(10 * t_dense * 0.5)  # constant beyond
+    for la in others:  # no kernel matched them
+        assert cm.in_graph(la.name, 1e-3) == 1e-3

@@ -201,3 +201,22 @@ def test_prune_end_to_end_on_cpu_ort(tiny_file):
     assert r["latency_table"]["entries_measured"] > 0 and len(r["loop"]) == 2
     with torch.no_grad():
         assert result.model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_cpu_ort_in_graph_times_match_every_layer_of_a_tiny_resnet():
+    """ORT's profiler times each conv/linear kernel inside the whole graph; every layer is found by shape."""
+    from hwprune.cost import CostModel
+    from hwprune.groups import analyze
+    from hwprune.hardware.ort import WEIGHT_OPS
+
+    torch.manual_seed(0)
+    model, x = tiny_resnet()
+    target = get_target("cpu-ort", threads=1)
+    nodes = target.in_graph_times(model, x)
+    assert nodes and all(n.op in WEIGHT_OPS and n.seconds > 0 for n in nodes)
+    a = analyze(model, x)
+    curves = {la.name: (lambda ci, co: 1e-3) for la in a.layers}  # a flat 1 ms table
+    cm = CostModel(a, curves)
+    assert cm.add_in_graph(cm.dense_widths(), nodes) == len(a.layers)
+    # Corrected, the layer sum is the profiled kernels' sum (a 1 ms table says nothing about them).
+    assert cm.layer_sum(cm.dense_widths()) == pytest.approx(sum(n.seconds for n in nodes), rel=1e-9)

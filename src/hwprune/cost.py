@@ -164,14 +164,14 @@ def layer_weights(layer: LayerInfo, c_in: int, c_out: int) -> float:
 
 
 class _WithWeights:
-    """A layer's measured curve times the fitted scale, plus its share of the weight-proportional remainder,
-    R2 * weights / total."""
+    """A layer's measured curve times its in-graph factor and the fitted scale, plus its share of the
+    weight-proportional remainder, R2 * weights / total."""
 
     def __init__(self, owner: CostModel, layer: LayerInfo, curve):
         self.owner, self.layer, self.curve = owner, layer, curve
 
     def __call__(self, c_in: int, c_out: int) -> float:
-        t = self.owner.scale * self.curve(c_in, c_out)
+        t = self.owner.scale * self.owner.in_graph(self.layer.name, self.curve(c_in, c_out))
         if self.owner.r2:
             t += self.owner.r2 * layer_weights(self.layer, c_in, c_out) / self.owner._weights_total
         return t
@@ -199,6 +199,9 @@ class CostModel:
     scale: float = 1.0  # layer curves x scale (see add_measurement)
     #: (phi, psi, layer sum, measured - layer sum) of every whole-model measurement
     fit_points: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: Layer name -> (table time, in-graph time / table time) at each profiled plan, where the target can
+    #: time layers inside the whole model (add_in_graph)
+    ratios: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.sizes = {g.id: g.size for g in self.analysis.groups}
@@ -207,6 +210,7 @@ class CostModel:
         self._weights_total = self._weights_total or 1.0
         self.base_curves = self.curves
         self.curves = {la.name: _WithWeights(self, la, self.base_curves[la.name]) for la in self.analysis.layers}
+        self._measurements: list[tuple[dict[str, int], float]] = []
 
     def dense_widths(self) -> dict[str, int]:
         return dict(self.sizes)
@@ -217,8 +221,54 @@ class CostModel:
         return c_in, c_out
 
     def layer_sum(self, widths: dict[str, int]) -> float:
-        """The measured layer curves at `widths` (no fitted term)."""
-        return sum(self.base_curves[la.name](*self._widths_of(la, widths)) for la in self.analysis.layers)
+        """The measured layer curves at `widths`, each times its in-graph factor (no fitted term)."""
+        return sum(
+            self.in_graph(la.name, self.base_curves[la.name](*self._widths_of(la, widths)))
+            for la in self.analysis.layers
+        )
+
+    def in_graph(self, name: str, table_s: float) -> float:
+        """Layer `name`'s time inside the model when the table says `table_s`: the in-graph / table ratio
+        interpolated between the profiled plans by table time (constant beyond them); 1 if never profiled."""
+        pts = self.ratios.get(name)
+        if not pts:
+            return table_s
+        xs, ys = zip(*pts)
+        return table_s * float(np.interp(table_s, xs, ys))
+
+    def add_in_graph(self, widths: dict[str, int], nodes) -> int:
+        """Correct each layer's curve by its time inside the whole model at `widths` (`nodes`: the target's
+        `in_graph_times` of that model); returns how many layers were matched.
+
+        A layer is matched to a kernel of the same kind (conv or linear) with its input shape and output
+        channels at these widths, in order among identical ones. Its curve is then scaled by in-graph time /
+        table time, interpolated by table time between the profiled plans (`in_graph`); unmatched layers
+        keep their table curve, and whatever they cost in the graph is left to the remainder. The ratio is
+        not one number per model: on resnet18 in ONNX Runtime (2 threads, batch 1, dense widths) it ranged
+        from 0.53 (layer4's 1x1 downsample) to 1.22 (layer4.0.conv1), so one scale for the whole table
+        mispredicts plans that cut layers unequally.
+        """
+        free = list(nodes)
+        matched = 0
+        for la in self.analysis.layers:
+            c_in, c_out = self._widths_of(la, widths)
+            shape = list(la.input_shape)
+            conv = la.kind.startswith("conv")
+            shape[1 if conv else -1] = c_in
+            for i, n in enumerate(free):
+                if (n.op in ("Conv", "FusedConv")) != conv or tuple(n.input_shape) != tuple(shape):
+                    continue
+                if n.output_shape[1 if conv else -1] != c_out:
+                    continue
+                table = self.base_curves[la.name](c_in, c_out)
+                if table > 0:
+                    pts = [p for p in self.ratios.get(la.name, []) if p[0] != table] + [(table, n.seconds / table)]
+                    self.ratios[la.name] = sorted(pts)
+                    matched += 1
+                del free[i]
+                break
+        self._refit()
+        return matched
 
     def phi(self, widths: dict[str, int]) -> float:
         kept = 0.0
@@ -241,8 +291,15 @@ class CostModel:
 
     def add_measurement(self, widths: dict[str, int], measured: float) -> None:
         """Refit the remainder to every whole-model measurement so far (least squares)."""
-        layers = self.layer_sum(widths)
-        self.fit_points.append((self.phi(widths), self.psi(widths), layers, measured - layers))
+        self._measurements.append((dict(widths), measured))
+        self._refit()
+
+    def _refit(self) -> None:
+        self.fit_points = [
+            (self.phi(w), self.psi(w), self.layer_sum(w), m - self.layer_sum(w)) for w, m in self._measurements
+        ]
+        if not self.fit_points:
+            return
         pts = np.array(self.fit_points)
         phis, res = pts[:, 0], pts[:, 3]
         if len(pts) == 1 or np.ptp(phis) < 1e-3:

@@ -166,11 +166,17 @@ def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint])
 def _calibrate_remainder(cost, analysis, dense, example, scores, target, t_dense: float) -> None:
     """Measure two uniform plans (interleaved with the dense model) so the remainder's fixed and
     width-dependent parts are both fitted before the first plan is chosen (cost.CALIBRATION_KEEPS)."""
+    profile = getattr(target, "in_graph_times", None)  # targets that can time layers inside the model
+    if profile is not None:
+        cost.add_in_graph(cost.dense_widths(), profile(dense, example))
     for keep in CALIBRATION_KEEPS:
         # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
         # models in one run thrashes the kernel library's primitive cache and slows the small ones.
         w = uniform_widths(analysis, keep)
-        td, tc = target.time_models([dense, apply_plan(dense, example, make_plan(w, scores, cost.sizes))], example)
+        plan_model = apply_plan(dense, example, make_plan(w, scores, cost.sizes))
+        td, tc = target.time_models([dense, plan_model], example)
+        if profile is not None:
+            cost.add_in_graph(w, profile(plan_model, example))
         cost.add_measurement(w, tc.median / td.median * t_dense)
 
 

@@ -236,9 +236,12 @@ def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, o
     """A cost model whose remainder is fitted on the uniform calibration plans only (neither the dense nor the
     pruned model), each timed in a pair with the dense model as the pipeline does and put on `t_dense`'s scale."""
     fit = CostModel(analysis, curves)
+    profile = getattr(target, "in_graph_times", None)  # targets that can time layers inside the model
     for k in CALIBRATION_KEEPS:
         w = uniform_widths(analysis, k)
         cal = apply_plan(model, example_inputs, make_plan(w, order, dense_w)).eval()
         td_k, tc = target.time_models([model, cal], example_inputs)
+        if profile is not None:
+            fit.add_in_graph(w, profile(cal, example_inputs))
         fit.add_measurement(w, tc.median / td_k.median * t_dense)
     return fit

@@ -11,10 +11,12 @@ one takes ~3 s per layer here, too slow for a table of hundreds of entries) and 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ from .timing import Timing, time_interleaved
 #: torchvision classifier exports with it; ORT 1.32 runs opsets up to 23.
 OPSET = 17
 PROVIDER = "CPUExecutionProvider"
+#: Runs before profiling starts to count (first runs allocate and pre-pack).
+TIMING_WARMUP_RUNS = 5
 
 
 def _as_args(inputs) -> tuple[tuple, dict]:
@@ -129,10 +133,10 @@ def session_options(threads: int) -> ort.SessionOptions:
 class _Runner:
     """One ORT session with its inputs bound as numpy arrays: calling it runs the model once."""
 
-    def __init__(self, model: nn.Module, inputs, threads: int):
+    def __init__(self, model: nn.Module, inputs, threads: int, options: ort.SessionOptions | None = None):
         graph = onnx_bytes(model, inputs)
         try:
-            self.session = ort.InferenceSession(graph, session_options(threads), providers=[PROVIDER])
+            self.session = ort.InferenceSession(graph, options or session_options(threads), providers=[PROVIDER])
         except Exception as e:
             raise HwpruneError(
                 f"ONNX Runtime cannot load the exported {type(model).__name__} "
@@ -172,6 +176,10 @@ class OrtCpuTarget(CpuTarget):
     def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
         return time_interleaved([_Runner(layer, x, self.threads)], self.table_protocol)[0]
 
+    def in_graph_times(self, model: nn.Module, inputs) -> list[NodeTime]:
+        """Conv/linear kernels of `model` timed inside its whole ORT graph (see `in_graph_times`)."""
+        return in_graph_times(model, inputs, self.threads)
+
     def time_models(self, models: Sequence[nn.Module], inputs, final: bool = False) -> list[Timing]:
         """Interleaved timing of several models' ORT sessions on the same inputs (A B A B ...).
 
@@ -185,3 +193,53 @@ class OrtCpuTarget(CpuTarget):
                 runners[key] = _Runner(m, inputs, self.threads)
             fns.append(runners[key])
         return time_interleaved(fns, self.protocol(final))
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One kernel of a whole model as ONNX Runtime ran it: its op, tensor shapes and median time."""
+
+    op: str
+    input_shape: tuple[int, ...]  # the first input (the activation)
+    output_shape: tuple[int, ...]
+    seconds: float
+
+
+#: Ops that run a conv or linear layer once ORT has fused and re-laid-out the graph.
+WEIGHT_OPS = frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+
+
+def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> list[NodeTime]:
+    """Median time of every conv/linear kernel of `model` inside its ORT graph, from ORT's own profiler.
+
+    A layer timed alone (the latency table) is not the same kernel as inside the graph: there ORT fuses
+    BatchNorm, ReLU and residual adds into the conv and keeps activations in its blocked layout between
+    convs, while alone each call also converts its input and output. The profiler times every node of a
+    real run, so the table can be corrected layer by layer (cost.CostModel.add_in_graph).
+    """
+    with tempfile.TemporaryDirectory(prefix="hwprune-ort-profile-") as tmp:
+        so = session_options(threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "run")
+        runner = _Runner(model, inputs, threads, so)
+        for _ in range(TIMING_WARMUP_RUNS):
+            runner()
+        # Events of the warm-up runs are in the file too; only the last `runs` runs of each node count.
+        for _ in range(runs):
+            runner()
+        events = json.loads(Path(runner.session.end_profiling()).read_text())
+    by_node: dict[str, list[dict]] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and args.get("op_name") in WEIGHT_OPS:
+            by_node.setdefault(args.get("node_index", e["name"]), []).append(e)
+    out = []
+    for evs in by_node.values():
+        args = evs[0]["args"]
+        ins, outs = args.get("input_type_shape") or [], args.get("output_type_shape") or []
+        if not ins or not outs:
+            continue
+        shape_in, shape_out = next(iter(ins[0].values())), next(iter(outs[0].values()))
+        seconds = float(np.median([e["dur"] for e in evs[-runs:]])) * 1e-6  # the profiler's unit is us
+        out.append(NodeTime(args["op_name"], tuple(shape_in), tuple(shape_out), seconds))
+    return out
