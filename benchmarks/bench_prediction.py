@@ -22,6 +22,7 @@ Random weights (no downloads): latency does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -147,18 +148,16 @@ def table_rows(case: dict) -> list[list]:
     ]
 
 
-def main() -> None:
-    from _common import save, table
+def _command(a) -> str:
+    return (
+        f"python benchmarks/bench_prediction.py --models {' '.join(a.models)} --batches "
+        f"{' '.join(map(str, a.batches))} --targets {' '.join(a.targets)}"
+    )
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--targets", nargs="+", default=["cpu", "cpu-ort"])
-    ap.add_argument("--out", default=str(HERE.parent / "results" / "prediction.md"), help="markdown results file")
-    ap.add_argument("--json", default=None, help="also write every case to this file")
-    a = ap.parse_args()
 
-    cases, failures, rows = [], [], []
+def run_cases(a) -> tuple[list[dict], list[list]]:
+    """Every (target, model, batch) case of the command line; a failing case is recorded, not fatal."""
+    cases, failures = [], []
     for target in a.targets:
         for name in a.models:
             for b in a.batches:
@@ -171,7 +170,6 @@ def main() -> None:
                     continue
                 cases.append(case)
                 for row in table_rows(case):
-                    rows.append(row)
                     print(" | ".join(str(c) for c in row), flush=True)
                 worst = case["layer_worst"]
                 print(
@@ -180,12 +178,18 @@ def main() -> None:
                     f"{case['wall_s']:.0f} s",
                     flush=True,
                 )
+    return cases, failures
 
+
+def report(cases: list[dict], failures: list[list], commands: list[str]) -> str:
+    """The markdown results: every prediction, then per target the median and worst absolute error."""
+    from _common import table
+
+    targets = list(dict.fromkeys(c["target"] for c in cases))
+    rows = [row for t in targets for c in cases if c["target"] == t for row in table_rows(c)]
     summary = []
-    for target in a.targets:
+    for target in targets:
         mine = [c for c in cases if c["target"] == target]
-        if not mine:
-            continue
         errs = [
             (abs(_err(row)), _err(row), c["model"], c["batch"], row["variant"], row["fit"])
             for c in mine
@@ -217,8 +221,7 @@ def main() -> None:
     text = [
         "# Predicted vs measured latency (`benchmarks/bench_prediction.py`)",
         "",
-        f"`python benchmarks/bench_prediction.py --models {' '.join(a.models)} --batches "
-        f"{' '.join(map(str, a.batches))} --targets {' '.join(a.targets)}`",
+        *[f"`{c}`" + ("  " if k < len(commands) - 1 else "") for k, c in enumerate(commands)],
         "",
         "Pruned to `latency=0.5` by the pipeline (no fine-tuning). Error = (predicted - measured) / measured.",
         "",
@@ -230,11 +233,42 @@ def main() -> None:
     ]
     if failures:
         text += ["", "Failed cases:", "", table(["target", "model", "batch", "error"], failures)]
-    out = "\n".join(text) + "\n"
+    return "\n".join(text) + "\n"
+
+
+def main() -> None:
+    from _common import save
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--targets", nargs="+", default=["cpu", "cpu-ort"])
+    ap.add_argument("--out", default=str(HERE.parent / "results" / "prediction.md"), help="markdown results file")
+    ap.add_argument("--json", default=None, help="also write every case to this file")
+    ap.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="measure nothing: write the report from cases saved by earlier runs' --json (e.g. split by model)",
+    )
+    a = ap.parse_args()
+
+    if a.from_json:
+        cases, failures, commands = [], [], []
+        for f in a.from_json:
+            saved = json.loads(Path(f).read_text())
+            cases += saved["cases"]
+            failures += saved["failures"]
+            commands.append(saved["command"])
+    else:
+        cases, failures = run_cases(a)
+        commands = [_command(a)]
+        save(a.json, {"command": commands[0], "cases": cases, "failures": failures})
+    out = report(cases, failures, commands)
     print("\n" + out)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(out)
-    save(a.json, cases)
 
 
 if __name__ == "__main__":
