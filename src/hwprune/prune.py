@@ -18,7 +18,7 @@ import torch.nn as nn
 from .allocate import Problem, allocate_constrained, get_allocator
 from .apply import apply_plan, recalibrate_bn
 from .budget import Budget, format_amount, parse_budgets
-from .cost import CALIBRATION_KEEPS, CostModel, Profiler, uniform_widths
+from .cost import CostModel, Profiler
 from .data import Dataset, get_dataset
 from .errors import HwpruneError
 from .evaluate import accuracy, macs_params, size_bytes
@@ -30,6 +30,7 @@ from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
 from .resources import FigureTarget, count, figure_cost_model, memory_bytes
 from .sensitivity import LossProbe, group_sensitivity, refine_by_loss
+from .validate import calibrate
 
 #: Aim the measured latency at 91% of the budget. The interleaved pruned/dense ratio of the same two
 #: models moved by up to 4.6% between the loop's measurement and the final one minutes later on this
@@ -163,21 +164,14 @@ def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint])
     return refined if ok else widths
 
 
-def _calibrate_remainder(cost, analysis, dense, example, scores, target, t_dense: float) -> None:
-    """Measure two uniform plans (interleaved with the dense model) so the remainder's fixed and
-    width-dependent parts are both fitted before the first plan is chosen (cost.CALIBRATION_KEEPS)."""
-    profile = getattr(target, "in_graph_times", None)  # targets that can time layers inside the model
+def _calibrate_remainder(cost, dense, example, scores, target, t_dense: float) -> None:
+    """Before the first plan is chosen: the dense model's in-graph layer times where the target has them, and
+    three uniform plans measured with the dense model, so the remainder's fixed and width-dependent parts are
+    both fitted (cost.CALIBRATION_KEEPS)."""
+    profile = getattr(target, "in_graph_times", None)
     if profile is not None:
         cost.add_in_graph(cost.dense_widths(), profile(dense, example))
-    for keep in CALIBRATION_KEEPS:
-        # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
-        # models in one run thrashes the kernel library's primitive cache and slows the small ones.
-        w = uniform_widths(analysis, keep)
-        plan_model = apply_plan(dense, example, make_plan(w, scores, cost.sizes))
-        td, tc = target.time_models([dense, plan_model], example)
-        if profile is not None:
-            cost.add_in_graph(w, profile(plan_model, example))
-        cost.add_measurement(w, tc.median / td.median * t_dense)
+    calibrate(cost, dense, example, scores, target, t_dense)
 
 
 #: Vector units and tensor cores run channel counts that are multiples of this at full speed (8 fp16 lanes
@@ -402,7 +396,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     for b in budgets:
         if b.kind == "latency":
             cost.add_measurement(cost.dense_widths(), t_dense.median)
-            _calibrate_remainder(cost, analysis, dense, example, scores, target, t_dense.median)
+            _calibrate_remainder(cost, dense, example, scores, target, t_dense.median)
             constraints.append(Constraint(b, cost, t_dense.median, GOAL, ACCEPT_LOW, ACCEPT_HIGH))
         else:
             fc = figure_cost_model(b.kind, analysis, dense, example, target)

@@ -232,16 +232,24 @@ def validate(
 _CAL = "uniform " + ", ".join(f"{k:g}" for k in CALIBRATION_KEEPS)
 
 
-def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, t_dense) -> CostModel:
-    """A cost model whose remainder is fitted on the uniform calibration plans only (neither the dense nor the
-    pruned model), each timed in a pair with the dense model as the pipeline does and put on `t_dense`'s scale."""
-    fit = CostModel(analysis, curves)
-    profile = getattr(target, "in_graph_times", None)  # targets that can time layers inside the model
+def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target, t_dense: float) -> None:
+    """Fit `cost`'s remainder on the uniform calibration plans (cost.CALIBRATION_KEEPS), each timed in a pair
+    with the dense `model` and put on `t_dense`'s scale; on targets that can time layers inside a model
+    (`in_graph_times`), each plan's kernels also correct the layer curves. `scores` rank the channels kept."""
+    profile = getattr(target, "in_graph_times", None)
     for k in CALIBRATION_KEEPS:
-        w = uniform_widths(analysis, k)
-        cal = apply_plan(model, example_inputs, make_plan(w, order, dense_w)).eval()
-        td_k, tc = target.time_models([model, cal], example_inputs)
+        w = uniform_widths(cost.analysis, k)
+        plan_model = apply_plan(model, example_inputs, make_plan(w, scores, cost.sizes)).eval()
+        # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
+        # models in one run thrashes the kernel library's primitive cache and slows the small ones.
+        td, tc = target.time_models([model, plan_model], example_inputs)
         if profile is not None:
-            fit.add_in_graph(w, profile(cal, example_inputs))
-        fit.add_measurement(w, tc.median / td_k.median * t_dense)
+            cost.add_in_graph(w, profile(plan_model, example_inputs))
+        cost.add_measurement(w, tc.median / td.median * t_dense)
+
+
+def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, t_dense) -> CostModel:
+    """A cost model fitted on the calibration plans only (neither the dense nor the pruned model)."""
+    fit = CostModel(analysis, curves)
+    calibrate(fit, model, example_inputs, order, target, t_dense)
     return fit
