@@ -283,11 +283,11 @@ class CostModel:
         return kept / self._weights_total
 
     def remainder(self, widths: dict[str, int]) -> float:
-        scaled = (self.scale - 1.0) * self.layer_sum(widths) if self.scale != 1.0 else 0.0
-        return self.r0 + self.r1 * self.phi(widths) + self.r2 * self.psi(widths) + scaled
+        return self.predict(widths) - self.layer_sum(widths)
 
     def predict(self, widths: dict[str, int]) -> float:
-        return self.layer_sum(widths) + self.remainder(widths)
+        fitted = self.r0 + self.r1 * self.phi(widths) + self.r2 * self.psi(widths)
+        return self.scale * self.layer_sum(widths) + fitted
 
     def add_measurement(self, widths: dict[str, int], measured: float) -> None:
         """Refit the remainder to every whole-model measurement so far (least squares)."""
@@ -315,9 +315,10 @@ class CostModel:
         # squared error wins. Signs are free: a layer timed alone in ONNX Runtime pays for converting its input
         # and output to and from the blocked layout and across the session boundary, which a whole graph
         # does once, so there the table overestimates by an amount that grows with the widths; and a table
-        # measured on another day on a shared machine is off by a factor. Measured on mobilenet_v2, resnet18
-        # and the MLP in ORT (fit on 3 uniform plans, predicting 4 others): non-negative slopes left a median
-        # |error| of 18% and a worst of -133%, signed ones 6% and 40%. A fit is kept only if wider plans
+        # measured on another day on a shared machine is off by a factor. Measured in ORT on the MLP and
+        # mobilenet_v2 (batch 1 and 8), mobilenet_v3_small and resnet18 (batch 1), fit on 3 uniform plans and
+        # predicting 4 others: non-negative slopes left a median |error| of 18% and a worst of 133%, signed
+        # ones 6.5% and 15%. A fit is kept only if wider plans
         # still predict slower (`_monotone`), else the allocator could "save" latency by adding channels.
         fits = [(float(np.sum((res - res.mean()) ** 2)), (float(res.mean()), 0.0, 0.0, 1.0))]
         terms = [(0,), (1,), (2,)] + ([(0, 1)] if len(pts) >= 6 else [])  # columns of pts: phi, psi, layers
