@@ -211,6 +211,7 @@ class CostModel:
         self.base_curves = self.curves
         self.curves = {la.name: _WithWeights(self, la, self.base_curves[la.name]) for la in self.analysis.layers}
         self._measurements: list[tuple[dict[str, int], float]] = []
+        self._ratio_arrays = {name: tuple(np.array(axis) for axis in zip(*pts)) for name, pts in self.ratios.items()}
 
     def dense_widths(self) -> dict[str, int]:
         return dict(self.sizes)
@@ -230,10 +231,9 @@ class CostModel:
     def in_graph(self, name: str, table_s: float) -> float:
         """Layer `name`'s time inside the model when the table says `table_s`: the in-graph / table ratio
         interpolated between the profiled plans by table time (constant beyond them); 1 if never profiled."""
-        pts = self.ratios.get(name)
-        if not pts:
+        if name not in self._ratio_arrays:
             return table_s
-        xs, ys = zip(*pts)
+        xs, ys = self._ratio_arrays[name]  # `ratios` as arrays: this runs on every curve evaluation
         return table_s * float(np.interp(table_s, xs, ys))
 
     def add_in_graph(self, widths: dict[str, int], nodes) -> int:
@@ -256,7 +256,7 @@ class CostModel:
             conv = la.kind.startswith("conv")
             shape[1 if conv else -1] = c_in
             for i, n in enumerate(free):
-                if (n.op in ("Conv", "FusedConv")) != conv or tuple(n.input_shape) != tuple(shape):
+                if n.is_conv != conv or tuple(n.input_shape) != tuple(shape):
                     continue
                 if n.output_shape[1 if conv else -1] != c_out:
                     continue
@@ -264,6 +264,7 @@ class CostModel:
                 if table > 0:
                     pts = [p for p in self.ratios.get(la.name, []) if p[0] != table] + [(table, n.seconds / table)]
                     self.ratios[la.name] = sorted(pts)
+                    self._ratio_arrays[la.name] = tuple(np.array(axis) for axis in zip(*self.ratios[la.name]))
                     matched += 1
                 del free[i]
                 break
@@ -295,9 +296,8 @@ class CostModel:
         self._refit()
 
     def _refit(self) -> None:
-        self.fit_points = [
-            (self.phi(w), self.psi(w), self.layer_sum(w), m - self.layer_sum(w)) for w, m in self._measurements
-        ]
+        sums = [(w, m, self.layer_sum(w)) for w, m in self._measurements]
+        self.fit_points = [(self.phi(w), self.psi(w), ls, m - ls) for w, m, ls in sums]
         if not self.fit_points:
             return
         pts = np.array(self.fit_points)

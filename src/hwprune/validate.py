@@ -208,7 +208,7 @@ def validate(
     if widths is None:
         # One model: the remainder is fitted on the calibration plans only, so the prediction is out of sample.
         td = target.time_models([model], example_inputs, final=True)[0]
-        fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, td.median)
+        fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, td.median)
         report.models.append(
             ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, _CAL)
         )
@@ -217,10 +217,10 @@ def validate(
     if pruned is None:
         pruned = apply_plan(model, example_inputs, make_plan(check_w, order, dense_w))
     pruned.eval()
-    # The remainder is fitted on two calibration plans that are neither model being predicted, so both
+    # The remainder is fitted on three calibration plans that are neither model being predicted, so both
     # predictions are out of sample (a remainder fitted on the model it predicts is exact by construction).
     td, tp = target.time_models([model, pruned], example_inputs, final=True)
-    fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, td.median)
+    fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, td.median)
     how = _CAL
     report.models += [
         ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, how),
@@ -248,7 +248,7 @@ def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target,
         cost.add_measurement(w, tc.median / td.median * t_dense)
 
 
-def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, dense_w, t_dense) -> CostModel:
+def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, t_dense) -> CostModel:
     """A cost model fitted on the calibration plans only (neither the dense nor the pruned model)."""
     fit = CostModel(analysis, curves)
     calibrate(fit, model, example_inputs, order, target, t_dense)

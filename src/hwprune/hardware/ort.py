@@ -204,9 +204,15 @@ class NodeTime:
     output_shape: tuple[int, ...]
     seconds: float
 
+    @property
+    def is_conv(self) -> bool:
+        """A conv kernel (else a linear one: Gemm / MatMul)."""
+        return self.op in CONV_OPS
+
 
 #: Ops that run a conv or linear layer once ORT has fused and re-laid-out the graph.
-WEIGHT_OPS = frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+CONV_OPS = frozenset({"Conv", "FusedConv"})
+WEIGHT_OPS = CONV_OPS | {"Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
 
 def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> list[NodeTime]:
