@@ -106,6 +106,25 @@ def test_hw_beats_uniform_when_one_group_is_cheap():
     assert value(hw) >= value(uni)
 
 
+@pytest.mark.parametrize("model_fn", [tiny_cnn, tiny_resnet])
+def test_hw_stays_in_its_trust_region_and_keeps_at_least_uniforms_value(model_fn):
+    from dataclasses import replace
+
+    problem = _synthetic_problem(model_fn)
+    dense = problem.cost.predict(problem.cost.dense_widths())
+    value = lambda w: sum(problem.value(g, w[g]) for g in w)  # noqa: E731
+    for frac in (0.6, 0.3):
+        uni = ALLOCATORS["uniform"](problem, frac * dense)
+        free = ALLOCATORS["hw"](problem, frac * dense)
+        bound = ALLOCATORS["hw"](replace(problem, trust=0.75), frac * dense)
+        assert problem.cost.predict(bound) <= frac * dense
+        for g, w in bound.items():
+            assert 0.75 * uni[g] - 1e-9 <= w <= uni[g] / 0.75 + 1e-9
+        assert value(uni) - 1e-9 <= value(bound) <= value(free) + 1e-9
+    # trust 1 leaves only the uniform plan
+    assert ALLOCATORS["hw"](replace(problem, trust=1.0), 0.5 * dense) == ALLOCATORS["uniform"](problem, 0.5 * dense)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_chain_terms_sum_to_the_prediction(seed):
     from hwprune.allocate import _chain_order, chain_terms

@@ -92,6 +92,13 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
         help="what --allocator hw maximises: sensitivity (measured loss rise "
         "per group width; default with --data) or scores (sum of kept scores)",
     )
+    p.add_argument(
+        "--trust",
+        type=float,
+        default=0.75,
+        help="--allocator hw keeps each group's width within [T, 1/T] x the uniform plan's at the same budget "
+        "(default 0.75; 0 lets a group go anywhere, 1 is the uniform plan)",
+    )
     p.add_argument("--data", default=None, help="data set for calibration, fine-tuning and accuracy: mnist1d, digits")
     p.add_argument(
         "--finetune-epochs", type=int, default=0, help="epochs of fine-tuning with distillation (needs --data)"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .allocate import Problem, allocate_constrained, get_allocator
+from .allocate import TRUST, Problem, allocate_constrained, get_allocator, trust_region
 from .apply import apply_plan, recalibrate_bn
 from .budget import Budget, format_amount, parse_budgets
 from .cost import CostModel, Profiler
@@ -58,6 +58,7 @@ class PruneConfig:
     criterion: str | None = None  # default: taylor with --data, else l1
     allocator: str = "hw"
     value: str = "auto"  # what hw maximises: sensitivity (measured loss; default with --data) or scores
+    trust: float = TRUST  # hw keeps widths within [trust, 1/trust] x the uniform plan's (0: anywhere)
     data: str | None = None
     finetune_epochs: int = 0
     lr: float = 1e-3
@@ -100,6 +101,8 @@ class PruneConfig:
             and not (pattern and pattern.kind == "nm")
         ):
             raise HwpruneError(f"--selection {self.selection} needs --sparsity F (the fraction of units to remove)")
+        if not 0 <= self.trust <= 1:
+            raise HwpruneError(f"--trust {self.trust}: must be in [0, 1] (0: no trust region, 1: the uniform plan)")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise HwpruneError(f"--sparsity {self.sparsity}: the fraction to remove must be in [0, 1)")
         if (self.selection == "threshold" or self.schedule == "threshold-decay") and self.threshold is None:
@@ -148,6 +151,12 @@ class Constraint:
         self.kind = self.budget.kind
         self.limit = self.budget.limit(self.dense)
         self.aim = self.limit * self.goal
+
+
+def _in_band(constraints: list[Constraint], measured: list[float]) -> bool:
+    """Every figure within its limit's upper edge, and at least one above its lower edge (the budget used)."""
+    pairs = list(zip(constraints, measured))
+    return all(m <= c.high * c.limit for c, m in pairs) and any(m >= c.low * c.limit for c, m in pairs)
 
 
 def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint]) -> dict[str, int]:
@@ -402,7 +411,12 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
             fc = figure_cost_model(b.kind, analysis, dense, example, target)
             constraints.append(Constraint(b, fc, count(b.kind, dense, example, target), 1.0, COUNT_ACCEPT_LOW, 1.0))
     plain = get_allocator(cfg.allocator)
-    problem = Problem(constraints[0].cost, {g.id: g.candidates for g in analysis.groups}, normalized(scores, criterion))
+    problem = Problem(
+        constraints[0].cost,
+        {g.id: g.candidates for g in analysis.groups},
+        normalized(scores, criterion),
+        trust=cfg.trust,
+    )
     allocator = plain
     for c in constraints:
         _log(
@@ -416,9 +430,9 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         short_ft = data.batches(64, SHORT_FINETUNE_STEPS, seed=cfg.seed + 1)
         probe = LossProbe(dense, example, analysis, scores, bn_batches, eval_batches, train_batches=short_ft)
 
-        def allocator(problem, aim):  # the knapsack's answer, refined on the joint loss
+        def allocator(problem, aim):  # the knapsack's answer, refined on the joint loss within the trust region
             starts = [plain(problem, aim), get_allocator("uniform")(problem, aim)]
-            return refine_by_loss(problem, probe, starts, aim)
+            return refine_by_loss(trust_region(problem, aim), probe, starts, aim)
 
     def measure(pruned: nn.Module) -> list[float]:
         out = []
@@ -449,6 +463,12 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         )
         pruned = recalibrate_bn(apply_plan(dense, example, plan), bn_batches)
         measured = measure(pruned)
+        if _in_band(constraints, measured) and latency_budget is not None:
+            # A second measurement before accepting: one in-band figure can be the machine's luck. On this
+            # 2-core VM the interleaved ratio of a 2 ms pruned MNIST-1D model to its dense model varied by
+            # 9% (coefficient of variation, 12 repeats a few seconds apart; 2-3% for a 5 ms model). The loop
+            # keeps the mean of the two.
+            measured = [(a + b) / 2 for a, b in zip(measured, measure(pruned))]
         row = {"iteration": it + 1}
         for c, pr, m in zip(constraints, predicted, measured):
             row[c.kind] = {"aim": c.aim, "predicted": pr, "measured": m, "used": m / c.limit}
@@ -470,7 +490,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
             candidates.append((value, plan, pruned, pred_latency))
         for c, m in zip(constraints, measured):
             c.cost.add_measurement(widths, m)
-        if within and any(m >= c.low * c.limit for c, m in zip(constraints, measured)):
+        if _in_band(constraints, measured):
             break
         for c, m in zip(constraints, measured):
             c.aim = min(c.aim * c.goal * c.limit / m, c.cost.predict(c.cost.dense_widths()) * 1.01)
