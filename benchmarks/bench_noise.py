@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-
 from _common import table
 
 

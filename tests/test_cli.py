@@ -56,6 +56,7 @@ def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_fi
         (["--model", "{tiny}:tiny_cnn", "--value", "sensitivity"], "needs --data"),
         (["--model", "{tiny}:tiny_cnn", "--value", "vibes"], "--value must be"),
         (["--model", "{tiny}:tiny_cnn", "--batch-size", "0"], "--batch-size"),
+        (["--model", "{tiny}:tiny_cnn", "--trust", "1.5"], "--trust 1.5"),
         (["--model", "{tiny}:tiny_cnn", "--budget", "1us"], "cannot be met"),
     ],
 )

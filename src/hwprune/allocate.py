@@ -223,7 +223,8 @@ def _knapsack_linearised(problem: Problem, target: float, start: dict[str, int],
     return best
 
 
-#: The default trust region of `hw` (PruneConfig.trust): widths within 0.75x-1.33x of the uniform plan.
+#: The trust region of `hw` when the plan will be fine-tuned (PruneConfig.trust): widths within 0.75x-1.33x
+#: of the uniform plan.
 #: Importance and one-shot loss cannot see that a very narrow layer becomes the bottleneck once the
 #: model is fine-tuned. Measured on the MNIST-1D demo model at 0.15 of dense latency (equal predicted
 #: latency, Taylor scores, 4 epochs of KD fine-tuning, 3 seeds): the unrestricted knapsack sends one conv

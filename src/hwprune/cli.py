@@ -95,9 +95,9 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust",
         type=float,
-        default=0.75,
+        default=None,
         help="--allocator hw keeps each group's width within [T, 1/T] x the uniform plan's at the same budget "
-        "(default 0.75; 0 lets a group go anywhere, 1 is the uniform plan)",
+        "(default 0.75 when fine-tuning, else 0: anywhere; 1 is the uniform plan)",
     )
     p.add_argument("--data", default=None, help="data set for calibration, fine-tuning and accuracy: mnist1d, digits")
     p.add_argument(

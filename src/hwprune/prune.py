@@ -58,7 +58,10 @@ class PruneConfig:
     criterion: str | None = None  # default: taylor with --data, else l1
     allocator: str = "hw"
     value: str = "auto"  # what hw maximises: sensitivity (measured loss; default with --data) or scores
-    trust: float = TRUST  # hw keeps widths within [trust, 1/trust] x the uniform plan's (0: anywhere)
+    #: hw keeps widths within [trust, 1/trust] x the uniform plan's (0: anywhere). Default: TRUST when the
+    #: plan is fine-tuned (a floor-width layer fine-tunes worst), 0 when it is not (one-shot, the unrestricted
+    #: knapsack keeps the most accuracy: benchmarks/results/allocators.md).
+    trust: float | None = None
     data: str | None = None
     finetune_epochs: int = 0
     lr: float = 1e-3
@@ -101,6 +104,8 @@ class PruneConfig:
             and not (pattern and pattern.kind == "nm")
         ):
             raise HwpruneError(f"--selection {self.selection} needs --sparsity F (the fraction of units to remove)")
+        if self.trust is None:
+            self.trust = TRUST if self.finetune_epochs > 0 else 0.0
         if not 0 <= self.trust <= 1:
             raise HwpruneError(f"--trust {self.trust}: must be in [0, 1] (0: no trust region, 1: the uniform plan)")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
