@@ -239,14 +239,12 @@ def trust_region(problem: Problem, target: float) -> Problem:
     if not problem.trust:
         return problem
     u = allocate_uniform(problem, target)
-    cands, values = {}, {}
-    for g, c in problem.candidates.items():
-        keep = sorted({w for w in c if problem.trust * u[g] <= w <= u[g] / problem.trust} | {u[g]})
-        cands[g] = keep
-        values[g] = np.array([problem.value(g, w) for w in keep])
-    return replace(
-        problem, candidates=cands, widths_value=values if problem.widths_value is not None else None, trust=0.0
-    )
+    t = problem.trust
+    cands = {g: sorted({w for w in c if t * u[g] <= w <= u[g] / t} | {u[g]}) for g, c in problem.candidates.items()}
+    values = None
+    if problem.widths_value is not None:  # measured values are per candidate: re-read them at the new ones
+        values = {g: np.array([problem.value(g, w) for w in c]) for g, c in cands.items()}
+    return replace(problem, candidates=cands, widths_value=values, trust=0.0)
 
 
 @register_allocator("hw")

@@ -42,10 +42,9 @@ GOAL = 0.91
 ACCEPT_LOW, ACCEPT_HIGH = 0.87, 0.95
 #: The loop re-aims by (goal x limit / measured) ** LATENCY_GAIN after each measured plan. A full correction
 #: (1) chased the noise: at 0.15 on the demo, a plan measured at 70% of the budget sent the next aim above the
-#: limit and that plan measured 119%; one run in 14 found no plan in 8 iterations. Half the correction (in
-#: log terms) still converges on a steady misfit of the cost model (the correction accumulates over
-#: iterations) while halving the jump a single noisy figure causes (benchmarks/results/noise.md: 9-11%
-#: coefficient of variation for a 2 ms plan).
+#: limit and that plan measured 119%. Half the correction (in log terms) still converges on a steady misfit
+#: of the cost model (the correction accumulates over iterations) while halving the jump a single noisy
+#: figure causes (benchmarks/results/noise.md: 9-11% coefficient of variation for a 2 ms plan).
 LATENCY_GAIN = 0.5
 #: Counted figures (memory, params, MACs, energy) are exact, so the loop aims at the limit itself and
 #: accepts a plan at 97-100% of it (width steps of 8 channels rarely land closer).
@@ -479,9 +478,9 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         measured = measure(pruned)
         if _in_band(constraints, measured) and latency_budget is not None:
             # A second measurement before accepting: one in-band figure can be the machine's luck. On this
-            # 2-core VM the interleaved ratio of a 2 ms pruned MNIST-1D model to its dense model varied by
-            # 9% (coefficient of variation, 12 repeats a few seconds apart; 2-3% for a 5 ms model). The loop
-            # keeps the mean of the two.
+            # 2-core VM the interleaved ratio of a 2 ms pruned MNIST-1D model to its dense model varies with a
+            # 9-11% coefficient of variation between measurements seconds apart, a 5 ms one's 4-7%
+            # (benchmarks/results/noise.md). The loop keeps the mean of the two.
             measured = [(a + b) / 2 for a, b in zip(measured, measure(pruned))]
         row = {"iteration": it + 1}
         for c, pr, m in zip(constraints, predicted, measured):
