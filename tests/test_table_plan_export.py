@@ -226,3 +226,31 @@ def test_in_graph_times_rescale_each_layer_by_interpolated_ratio(tmp_path):
     assert cm.in_graph(conv.name, 10 * t_dense) == pytest.approx(10 * t_dense * 0.5)  # constant beyond
     for la in others:  # no kernel matched them
         assert cm.in_graph(la.name, 1e-3) == 1e-3
+
+
+def test_in_graph_match_accepts_block_padded_conv_channels(tmp_path):
+    """ORT runs convs in a channel-blocked layout and profiles them with channels padded to the block (8 on
+    AVX2, 16 on AVX-512); such a kernel still matches its layer, another channel count does not."""
+    from hwprune.cost import _same_width
+    from hwprune.hardware.ort import NodeTime
+
+    assert _same_width(20, 24, conv=True) and _same_width(20, 32, conv=True) and _same_width(9, 16, conv=True)
+    assert not _same_width(20, 21, conv=True) and not _same_width(20, 40, conv=True)
+    assert not _same_width(20, 24, conv=False)  # Gemm / MatMul are not blocked
+
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+    curves = Profiler(get_target("analytic-test"), LatencyCache(tmp_path / "c.sqlite"), False).build(a)
+    conv = next(la for la in a.layers if la.kind.startswith("conv") and la.out_group)  # the first one
+    widths = {g.id: 3 for g in a.groups}  # 3 channels: padded to 8 in the graph
+    c_in, c_out = CostModel(a, curves)._widths_of(conv, widths)
+    shape = list(conv.input_shape)
+
+    def padded(pad_in, pad_out):
+        ins = [shape[0], pad_in, *shape[2:]]
+        return NodeTime("Conv", tuple(ins), (shape[0], pad_out, 1, 1), 2.0 * curves[conv.name](c_in, c_out))
+
+    cm = CostModel(a, curves)
+    assert cm.add_in_graph(widths, [padded(-(-c_in // 8) * 8, 8)]) == 1
+    assert cm.curves[conv.name](c_in, c_out) == pytest.approx(2.0 * curves[conv.name](c_in, c_out))
+    assert CostModel(a, curves).add_in_graph(widths, [padded(-(-c_in // 8) * 8, 7)]) == 0

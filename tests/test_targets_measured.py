@@ -214,6 +214,10 @@ def test_cpu_ort_in_graph_times_match_every_layer_of_a_tiny_resnet():
     target = get_target("cpu-ort", threads=1)
     nodes = target.in_graph_times(model, x)
     assert nodes and all(n.op in WEIGHT_OPS and n.seconds > 0 for n in nodes)
+    # Each kernel's share of its run: a fraction, the weight kernels together at most the whole run, and
+    # `at` puts it on another timing's scale.
+    assert all(0 < n.share < 1 for n in nodes) and sum(n.share for n in nodes) <= 1.0
+    assert nodes[0].at(2e-3).seconds == pytest.approx(2e-3 * nodes[0].share)
     a = analyze(model, x)
     curves = {la.name: (lambda ci, co: 1e-3) for la in a.layers}  # a flat 1 ms table
     cm = CostModel(a, curves)

@@ -192,7 +192,7 @@ def _calibrate_remainder(cost, dense, example, scores, target, t_dense: float) -
     both fitted (cost.CALIBRATION_KEEPS)."""
     profile = getattr(target, "in_graph_times", None)
     if profile is not None:
-        cost.add_in_graph(cost.dense_widths(), profile(dense, example))
+        cost.add_in_graph(cost.dense_widths(), [n.at(t_dense) for n in profile(dense, example)])
     calibrate(cost, dense, example, scores, target, t_dense)
 
 

@@ -243,9 +243,12 @@ def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target,
         # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
         # models in one run thrashes the kernel library's primitive cache and slows the small ones.
         td, tc = target.time_models([model, plan_model], example_inputs)
+        measured = tc.median / td.median * t_dense
         if profile is not None:
-            cost.add_in_graph(w, profile(plan_model, example_inputs))
-        cost.add_measurement(w, tc.median / td.median * t_dense)
+            # Each kernel's share of the plan's run, times the plan's latency on t_dense's scale: profiled
+            # seconds carry the machine's speed at that moment, which this pair's ratio has cancelled.
+            cost.add_in_graph(w, [n.at(measured) for n in profile(plan_model, example_inputs)])
+        cost.add_measurement(w, measured)
 
 
 def _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, t_dense) -> CostModel:

@@ -16,7 +16,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,11 +203,19 @@ class NodeTime:
     input_shape: tuple[int, ...]  # the first input (the activation)
     output_shape: tuple[int, ...]
     seconds: float
+    #: Median over the profiled runs of this kernel's time / that run's whole time. The machine's speed
+    #: drifts between one timing and the next (the same plan read 7.3 ms and 11.0 ms a minute apart here),
+    #: but within one run it slows every kernel alike, so the share is what carries over to another timing.
+    share: float = float("nan")
 
     @property
     def is_conv(self) -> bool:
         """A conv kernel (else a linear one: Gemm / MatMul)."""
         return self.op in CONV_OPS
+
+    def at(self, model_seconds: float) -> NodeTime:
+        """This kernel's time in a run of the whole model that takes `model_seconds` (its share of it)."""
+        return replace(self, seconds=self.share * model_seconds)
 
 
 #: Ops that run a conv or linear layer once ORT has fused and re-laid-out the graph.
@@ -234,18 +242,25 @@ def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> li
         for _ in range(runs):
             runner()
         events = json.loads(Path(runner.session.end_profiling()).read_text())
-    by_node: dict[str, list[dict]] = {}
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"][-runs:]
+    by_node: dict[str, list[tuple[float, float]]] = {}
+    first: dict[str, dict] = {}
     for e in events:
         args = e.get("args") or {}
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and args.get("op_name") in WEIGHT_OPS:
-            by_node.setdefault(args.get("node_index", e["name"]), []).append(e)
+            run = next((b - a for a, b in spans if a <= e["ts"] <= b), None)
+            if run:  # a kernel of a warm-up run falls in no counted span
+                key = args.get("node_index", e["name"])
+                first.setdefault(key, e)
+                by_node.setdefault(key, []).append((e["dur"], e["dur"] / run))
     out = []
-    for evs in by_node.values():
-        args = evs[0]["args"]
+    for key, times in by_node.items():
+        args = first[key]["args"]
         ins, outs = args.get("input_type_shape") or [], args.get("output_type_shape") or []
         if not ins or not outs:
             continue
         shape_in, shape_out = next(iter(ins[0].values())), next(iter(outs[0].values()))
-        seconds = float(np.median([e["dur"] for e in evs[-runs:]])) * 1e-6  # the profiler's unit is us
-        out.append(NodeTime(args["op_name"], tuple(shape_in), tuple(shape_out), seconds))
+        durs, shares = zip(*times)
+        seconds = float(np.median(durs)) * 1e-6  # the profiler's unit is us
+        out.append(NodeTime(args["op_name"], tuple(shape_in), tuple(shape_out), seconds, float(np.median(shares))))
     return out
