@@ -98,7 +98,8 @@ def test_head_pruned_attention_matches_multihead_attention():
         ours = HeadPrunedAttention.from_module(mha).eval()
         q = torch.randn(2, 5, 12) if batch_first else torch.randn(5, 2, 12)
         kv = torch.randn(2, 7, 12) if batch_first else torch.randn(7, 2, 12)
-        pad = torch.tensor([[False] * 6 + [True], [False] * 7])
+        # A float padding mask like the float attn_mask: torch deprecates mixing a bool one with a float one.
+        pad = torch.zeros(2, 7).masked_fill(torch.tensor([[False] * 6 + [True], [False] * 7]), float("-inf"))
         mask = torch.randn(5, 7)
         for kwargs in ({}, {"key_padding_mask": pad, "attn_mask": mask}, {"average_attn_weights": False}):
             for need in (True, False):

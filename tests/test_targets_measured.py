@@ -224,3 +224,20 @@ def test_cpu_ort_in_graph_times_match_every_layer_of_a_tiny_resnet():
     assert cm.add_in_graph(cm.dense_widths(), nodes) == len(a.layers)
     # Corrected, the layer sum is the profiled kernels' sum (a 1 ms table says nothing about them).
     assert cm.layer_sum(cm.dense_widths()) == pytest.approx(sum(n.seconds for n in nodes), rel=1e-9)
+
+
+def test_ratio_of_an_interleaved_measurement_pairs_each_round():
+    """Per-round ratios cancel drift that moves both models' medians; without rounds, medians are used."""
+    from hwprune.hardware.timing import Timing, _summary, ratio, time_interleaved
+
+    # The machine slows 3x halfway through: B is always half of A in its own round, but the medians of
+    # unequal-length phases would not say so.
+    a = _summary([1.0, 1.0, 1.0, 3.0, 3.0])
+    b = _summary([0.5, 0.5, 0.5, 1.5, 1.5])
+    assert ratio(b, a) == pytest.approx(0.5)
+    b_drift = _summary([0.5, 0.5, 1.5, 1.5, 1.5])  # the same pair, the slowdown one round earlier for B
+    assert b_drift.median / a.median == pytest.approx(1.5)  # ratio of medians: 3x off
+    assert ratio(b_drift, a) == pytest.approx(0.5)  # still 0.5 in three of five rounds: the median
+    assert ratio(Timing(2.0, 2.0, 2.0, 1), Timing(4.0, 4.0, 4.0, 1)) == 0.5  # no samples: medians
+    ta, tb = time_interleaved([lambda: None, lambda: None])
+    assert len(ta.samples) == len(tb.samples) == ta.n and "samples" not in ta.to_dict()

@@ -25,6 +25,7 @@ from .evaluate import accuracy, macs_params, size_bytes
 from .groups import _forward, analyze
 from .hardware.table import LatencyCache
 from .hardware.targets import get_target
+from .hardware.timing import ratio
 from .importance import compute_scores, get_criterion, normalized
 from .models import ResolvedModel, resolve
 from .plan import Plan, make_plan
@@ -303,16 +304,16 @@ def final_figures(
     """
     pruned.eval()
     td, tp_ = target.time_models([dense, pruned], example, final=True)
-    final_s = tp_.median / td.median * t_plan
+    final_ratio = ratio(tp_, td)
+    final_s = final_ratio * t_plan
     macs_d, params_d = macs_params(dense, example)
     macs_p, params_p = macs_params(pruned, example)
     size_d, size_p = size_bytes(dense), size_bytes(pruned)
     rows = []
     for b in budgets:
         if b.kind == "latency":
-            ratio = tp_.median / td.median
             final = final_s if b.relative else tp_.median
-            rows.append(budget_row(b, t_plan, final, ratio <= b.value if b.relative else None))
+            rows.append(budget_row(b, t_plan, final, final_ratio <= b.value if b.relative else None))
         else:
             rows.append(budget_row(b, dense_figures[b.kind], count(b.kind, pruned, example, target)))
     energy = hasattr(target, "model_energy")
@@ -349,8 +350,8 @@ def final_figures(
             "energy_j": target.model_energy(pruned, example) if energy else None,
             "accuracy": accuracy(pruned, data.x_test, data.y_test) if data is not None else None,
         },
-        "speedup": td.median / tp_.median,
-        "latency_ratio": tp_.median / td.median,
+        "speedup": 1.0 / final_ratio,
+        "latency_ratio": final_ratio,
         "macs_ratio": macs_p / macs_d if macs_d else None,
         "compression": size_p / size_d,
         "dense_latency_at_planning_ms": t_plan * 1e3,
@@ -454,7 +455,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
                 out.append(count(c.kind, pruned, example, target))
             elif c.budget.relative:
                 td, tp_ = target.time_models([dense, pruned], example)
-                out.append(tp_.median / td.median * t_dense.median)
+                out.append(ratio(tp_, td) * t_dense.median)
             else:
                 out.append(target.time_models([pruned], example)[0].median)
         return out

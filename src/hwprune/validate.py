@@ -27,6 +27,7 @@ from .errors import HwpruneError
 from .groups import GroupAnalysis, LayerInfo, analyze
 from .hardware.table import LatencyCache
 from .hardware.targets import get_target
+from .hardware.timing import ratio
 from .plan import make_plan
 
 
@@ -243,7 +244,7 @@ def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target,
         # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
         # models in one run thrashes the kernel library's primitive cache and slows the small ones.
         td, tc = target.time_models([model, plan_model], example_inputs)
-        measured = tc.median / td.median * t_dense
+        measured = ratio(tc, td) * t_dense
         if profile is not None:
             # Each kernel's share of the plan's run, times the plan's latency on t_dense's scale: profiled
             # seconds carry the machine's speed at that moment, which this pair's ratio has cancelled.

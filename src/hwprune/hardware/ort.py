@@ -173,8 +173,9 @@ class OrtCpuTarget(CpuTarget):
             "graph_optimization": "ORT_ENABLE_ALL",
         }
 
-    def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
-        return time_interleaved([_Runner(layer, x, self.threads)], self.table_protocol)[0]
+    def runner(self, model: nn.Module, inputs) -> _Runner:
+        """`model` exported to an ORT session with `inputs` bound: calling it runs the session once."""
+        return _Runner(model, inputs, self.threads)
 
     def in_graph_times(self, model: nn.Module, inputs) -> list[NodeTime]:
         """Conv/linear kernels of `model` timed inside its whole ORT graph (see `in_graph_times`)."""

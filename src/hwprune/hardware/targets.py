@@ -106,9 +106,13 @@ class CpuTarget:
     def device_key(self) -> str:
         return fingerprint_key(self.fingerprint())
 
+    def runner(self, model: nn.Module, inputs):
+        """A no-argument callable that runs `model` on `inputs` once, as this target times it."""
+        model.eval()
+        return _call(model, inputs)
+
     def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
-        layer.eval()
-        return time_interleaved([lambda: layer(x)], self.table_protocol)[0]
+        return time_interleaved([self.runner(layer, x)], self.table_protocol)[0]
 
     def time_models(self, models: Sequence[nn.Module], inputs, final: bool = False) -> list[Timing]:
         """Interleaved timing of several models on the same inputs (A B A B ...).
