@@ -10,9 +10,10 @@ model with `hwprune.validate.validate` on the same latency table. Three predicti
 - pruned, pipeline: the plan's prediction when the loop chose it (remainder fitted on the dense model, two
   uniform calibration plans and the loop's earlier plans; never on this plan) vs the pipeline's final
   measurement.
-- dense and pruned, fit on "uniform 0.85, 0.55, 0.3": the remainder fitted on three uniform calibration
-  plans (those fractions of every group kept; neither model predicted), vs one fresh interleaved measurement
-  of all five models.
+- dense and pruned, fit on "uniform 0.85, 0.55, 0.3 + split 0.3/0.85": the remainder fitted on the
+  calibration plans (three uniform: those fractions of every group kept; one split: the earlier half of the
+  groups at 0.3, the later half at 0.85; neither model predicted), each timed in a pair with the dense model,
+  vs one interleaved measurement of the dense and the pruned model.
 
 A remainder fitted on the very model it predicts would be exact by construction, so no row does that.
 The `layer sum` column is the sum of the table's layer curves with no fitted term at all.

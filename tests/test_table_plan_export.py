@@ -254,3 +254,21 @@ def test_in_graph_match_accepts_block_padded_conv_channels(tmp_path):
     assert cm.add_in_graph(widths, [padded(-(-c_in // 8) * 8, 8)]) == 1
     assert cm.curves[conv.name](c_in, c_out) == pytest.approx(2.0 * curves[conv.name](c_in, c_out))
     assert CostModel(a, curves).add_in_graph(widths, [padded(-(-c_in // 8) * 8, 7)]) == 0
+
+
+def test_calibration_plans_are_three_uniform_and_one_split():
+    """The split plan keeps the earlier half of the groups at 0.3 and the later half at 0.85, so it moves the
+    activations kept (mostly early) and the weights kept (mostly late) apart, which uniform plans cannot."""
+    from hwprune.cost import CALIBRATION_KEEPS, SPLIT_KEEPS, calibration_plans, uniform_widths
+
+    model, x = tiny_resnet()
+    a = analyze(model, x)
+    plans = calibration_plans(a)
+    assert plans[:3] == [uniform_widths(a, k) for k in CALIBRATION_KEEPS] and len(plans) == 4
+    early, late = (uniform_widths(a, k) for k in SPLIT_KEEPS)
+    split = plans[3]
+    first = [g.id for g in a.groups if split[g.id] == early[g.id] and early[g.id] != late[g.id]]
+    last = [g.id for g in a.groups if split[g.id] == late[g.id] and early[g.id] != late[g.id]]
+    assert first and last and len(first) + len(last) == sum(early[g.id] != late[g.id] for g in a.groups)
+    order = {la.out_group: i for i, la in reversed(list(enumerate(a.layers)))}  # first writer of each group
+    assert max(order[g] for g in first) < min(order[g] for g in last)

@@ -154,7 +154,7 @@ def test_validate_on_analytic_target_matches_hand_computation():
     layer_sum = 3e-6 + (27648 + 110592 + 120) * 1e-11
     assert pruned.layer_sum_s == pytest.approx(layer_sum, rel=1e-9)
     assert pruned.measured_s == pytest.approx(layer_sum + 5e-5, rel=1e-9)
-    assert pruned.remainder_fit == dense.remainder_fit == "uniform 0.85, 0.55, 0.3"
+    assert pruned.remainder_fit == dense.remainder_fit == "uniform 0.85, 0.55, 0.3 + split 0.3/0.85"
     # Fitted on three calibration plans (neither model predicted), the remainder recovers this target's constant
     # 50 us per call exactly (R1 = 0): both out-of-sample predictions are exact.
     assert pruned.remainder_s == pytest.approx(5e-5, rel=1e-6) and abs(pruned.error) < 1e-6
@@ -171,7 +171,7 @@ def test_validate_dense_only_and_bad_widths():
     rep = validate(model, x, "analytic-test")
     (dense,) = rep.models
     # Predicted out of sample from the calibration plans: the constant 50 us per call is recovered exactly.
-    assert dense.remainder_fit == "uniform 0.85, 0.55, 0.3" and abs(dense.error) < 1e-6
+    assert dense.remainder_fit == "uniform 0.85, 0.55, 0.3 + split 0.3/0.85" and abs(dense.error) < 1e-6
     assert dense.measured_s - dense.layer_sum_s == pytest.approx(5e-5, rel=1e-6)
     with pytest.raises(HwpruneError, match="widths name group 'nope'"):
         validate(model, x, "analytic-test", widths={"nope": 3})

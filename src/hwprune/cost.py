@@ -401,6 +401,32 @@ class CostModel:
 CALIBRATION_KEEPS = (0.85, 0.55, 0.3)
 
 
+#: Keep fractions of one more calibration plan, not uniform: the earlier half of the groups at the first, the
+#: later half at the second. Along the uniform path the activations kept (phi, ~keep), the weights kept (psi,
+#: ~keep^2) and the layer sum grow together, so three uniform plans fit a remainder in any of them about
+#: equally well, and that arbitrary choice decides what a non-uniform plan costs. Early groups hold most of
+#: the activations and late ones most of the weights, so this plan moves phi and psi apart. Without it, fits
+#: on the uniform plans over-predicted the pipeline's (non-uniform) pruned plans on `cpu`: +17% MobileNetV2
+#: and +15% ResNet-18 at batch 1 (benchmarks/results/prediction.md, 2026-11-22), up to +69% on a slow day.
+SPLIT_KEEPS = (0.3, 0.85)
+
+
 def uniform_widths(analysis: GroupAnalysis, keep: float) -> dict[str, int]:
     """Every group at the candidate width nearest `keep` x its size."""
     return {g.id: min(g.candidates, key=lambda c: abs(c - keep * g.size)) for g in analysis.groups}
+
+
+def calibration_plans(analysis: GroupAnalysis) -> list[dict[str, int]]:
+    """The plans the remainder is calibrated on: uniform at each of CALIBRATION_KEEPS, then (with two or more
+    groups) the split plan of SPLIT_KEEPS, groups ordered by the first layer that writes them."""
+    plans = [uniform_widths(analysis, k) for k in CALIBRATION_KEEPS]
+    if len(analysis.groups) < 2:
+        return plans
+    first = {}
+    for i, la in enumerate(analysis.layers):
+        first.setdefault(la.out_group, i)
+    ordered = sorted(analysis.groups, key=lambda g: first.get(g.id, len(analysis.layers)))
+    early, late = (uniform_widths(analysis, k) for k in SPLIT_KEEPS)
+    half = len(ordered) // 2
+    plans.append({g.id: (early if i < half else late)[g.id] for i, g in enumerate(ordered)})
+    return plans

@@ -189,8 +189,8 @@ def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint])
 
 def _calibrate_remainder(cost, dense, example, scores, target, t_dense: float) -> None:
     """Before the first plan is chosen: the dense model's in-graph layer times where the target has them, and
-    three uniform plans measured with the dense model, so the remainder's fixed and width-dependent parts are
-    both fitted (cost.CALIBRATION_KEEPS)."""
+    the calibration plans (three uniform, one split) measured with the dense model, so the remainder's fixed
+    and width-dependent parts are both fitted (cost.calibration_plans)."""
     profile = getattr(target, "in_graph_times", None)
     if profile is not None:
         cost.add_in_graph(cost.dense_widths(), [n.at(t_dense) for n in profile(dense, example)])

@@ -7,7 +7,7 @@ point, when only re-measurement noise is left).
 Whole model: the prediction is the sum of the layer curves plus the remainder (cost.CostModel), and the
 remainder is *fitted* to whole-model measurements, so a model the remainder was fitted on is predicted
 exactly by construction. An honest check predicts models the fit has not seen: the remainder is fitted
-on the uniform calibration plans (cost.CALIBRATION_KEEPS), each timed in a pair with the dense model,
+on the calibration plans (cost.calibration_plans), each timed in a pair with the dense model,
 and then predicts the dense and the pruned model. The sum of the layer curves alone (no fitted term at
 all) is shown beside them.
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .apply import apply_plan
-from .cost import CALIBRATION_KEEPS, CostModel, Profiler, uniform_widths
+from .cost import CALIBRATION_KEEPS, SPLIT_KEEPS, CostModel, Profiler, calibration_plans
 from .errors import HwpruneError
 from .groups import GroupAnalysis, LayerInfo, analyze
 from .hardware.table import LatencyCache
@@ -230,16 +230,15 @@ def validate(
     return report
 
 
-_CAL = "uniform " + ", ".join(f"{k:g}" for k in CALIBRATION_KEEPS)
+_CAL = "uniform " + ", ".join(f"{k:g}" for k in CALIBRATION_KEEPS) + " + split {:g}/{:g}".format(*SPLIT_KEEPS)
 
 
 def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target, t_dense: float) -> None:
-    """Fit `cost`'s remainder on the uniform calibration plans (cost.CALIBRATION_KEEPS), each timed in a pair
+    """Fit `cost`'s remainder on the calibration plans (cost.calibration_plans), each timed in a pair
     with the dense `model` and put on `t_dense`'s scale; on targets that can time layers inside a model
     (`in_graph_times`), each plan's kernels also correct the layer curves. `scores` rank the channels kept."""
     profile = getattr(target, "in_graph_times", None)
-    for k in CALIBRATION_KEEPS:
-        w = uniform_widths(cost.analysis, k)
+    for w in calibration_plans(cost.analysis):
         plan_model = apply_plan(model, example_inputs, make_plan(w, scores, cost.sizes)).eval()
         # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
         # models in one run thrashes the kernel library's primitive cache and slows the small ones.
