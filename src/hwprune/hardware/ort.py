@@ -191,7 +191,7 @@ class OrtCpuTarget(CpuTarget):
         for m in models:
             key = _model_key(m)
             if key not in runners:
-                runners[key] = _Runner(m, inputs, self.threads)
+                runners[key] = self.runner(m, inputs)
             fns.append(runners[key])
         return time_interleaved(fns, self.protocol(final))
 
@@ -244,19 +244,17 @@ def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> li
             runner()
         events = json.loads(Path(runner.session.end_profiling()).read_text())
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"][-runs:]
-    by_node: dict[str, list[tuple[float, float]]] = {}
-    first: dict[str, dict] = {}
+    # node -> (its first counted event's args, [(duration, duration / its run's duration)])
+    by_node: dict[str, tuple[dict, list[tuple[float, float]]]] = {}
     for e in events:
         args = e.get("args") or {}
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and args.get("op_name") in WEIGHT_OPS:
             run = next((b - a for a, b in spans if a <= e["ts"] <= b), None)
             if run:  # a kernel of a warm-up run falls in no counted span
                 key = args.get("node_index", e["name"])
-                first.setdefault(key, e)
-                by_node.setdefault(key, []).append((e["dur"], e["dur"] / run))
+                by_node.setdefault(key, (args, []))[1].append((e["dur"], e["dur"] / run))
     out = []
-    for key, times in by_node.items():
-        args = first[key]["args"]
+    for args, times in by_node.values():
         ins, outs = args.get("input_type_shape") or [], args.get("output_type_shape") or []
         if not ins or not outs:
             continue

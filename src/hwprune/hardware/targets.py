@@ -119,9 +119,7 @@ class CpuTarget:
 
         `final`: the figure that goes in the report; timed over 4x as long to narrow its spread.
         """
-        for m in models:
-            m.eval()
-        return time_interleaved([_call(m, inputs) for m in models], self.protocol(final))
+        return time_interleaved([self.runner(m, inputs) for m in models], self.protocol(final))
 
     def protocol(self, final: bool = False) -> TimingProtocol:
         """Whole-model protocol; `final` (the report's figure) is timed 4x as long to narrow its spread."""
