@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def run(cfg_kwargs: dict, progress: bool = False) -> dict:
-    from hwprune.prune import PruneConfig, prune
+    from hwprune.pipeline.prune import PruneConfig, prune
 
     t0 = time.perf_counter()
     result = prune(PruneConfig(**cfg_kwargs), progress=progress)

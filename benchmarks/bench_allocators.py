@@ -17,7 +17,7 @@ from statistics import mean
 
 from _common import run, save, table
 
-from hwprune.errors import HwpruneError
+from hwprune.core.errors import HwpruneError
 
 
 def _row(budget: str, alloc: str, mode: str, seed: int, r: dict) -> list:

@@ -41,14 +41,16 @@ CRITERIA = [
 
 
 def criteria_table(a) -> str:
-    from hwprune.apply import apply_plan, recalibrate_bn
-    from hwprune.data import Dataset, get_dataset
-    from hwprune.evaluate import accuracy
-    from hwprune.examples import epoch_batches, train_steps, trained_example
-    from hwprune.groups import analyze
-    from hwprune.importance import compute_scores, normalized
-    from hwprune.plan import make_plan
-    from hwprune.select import select
+    from hwprune.apply.channels import apply_plan, recalibrate_bn
+    from hwprune.core.data import Dataset
+    from hwprune.evaluate.metrics import accuracy
+    from hwprune.finetune.train import epoch_batches, train_steps
+    from hwprune.groups.analysis import analyze
+    from hwprune.importance.criteria import compute_scores, normalized
+    from hwprune.plan.plan import make_plan
+    from hwprune.plan.select import select
+    from hwprune.zoo.datasets import get_dataset
+    from hwprune.zoo.examples import trained_example
 
     dense = trained_example("mnist1d", progress=False).eval()
     data = get_dataset("mnist1d")

@@ -28,8 +28,8 @@ from _common import table
 
 
 def main() -> None:
-    from hwprune.examples import Mnist1dCNN
     from hwprune.hardware.targets import get_target
+    from hwprune.zoo.examples import Mnist1dCNN
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", nargs="+", type=int, default=[47, 103], help="uniform widths of the narrowed model")
@@ -89,7 +89,7 @@ def table_entries(target, a) -> None:
     times by the table's protocol, alone and as a ratio to an interleaved reference conv."""
     import torchvision
 
-    from hwprune.groups import analyze
+    from hwprune.groups.analysis import analyze
     from hwprune.hardware.timing import time_interleaved
 
     model, x = torchvision.models.mobilenet_v3_small().eval(), torch.randn(8, 3, 224, 224)

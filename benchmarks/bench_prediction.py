@@ -68,9 +68,9 @@ def model_spec(name: str) -> tuple[str, str | None]:
 
 
 def run_case(name: str, batch: int, target_name: str) -> dict:
+    from hwprune.evaluate.validate import validate
     from hwprune.hardware.targets import get_target
-    from hwprune.prune import PruneConfig, prune
-    from hwprune.validate import validate
+    from hwprune.pipeline.prune import PruneConfig, prune
 
     spec, shape = model_spec(name)
     t0 = time.perf_counter()

@@ -42,12 +42,13 @@ ROWS = {
 
 
 def main() -> None:
-    from hwprune.data import Dataset, get_dataset
-    from hwprune.evaluate import accuracy
-    from hwprune.examples import trained_example
-    from hwprune.export import save_model
-    from hwprune.sparse_io import directory_bytes
-    from hwprune.sparsity import WeightPruneConfig, get_masks, prune_weights, sparsity_of
+    from hwprune.apply.sparsity import WeightPruneConfig, get_masks, prune_weights, sparsity_of
+    from hwprune.core.data import Dataset
+    from hwprune.evaluate.metrics import accuracy
+    from hwprune.export.model import save_model
+    from hwprune.export.sparse import directory_bytes
+    from hwprune.zoo.datasets import get_dataset
+    from hwprune.zoo.examples import trained_example
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))

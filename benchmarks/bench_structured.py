@@ -20,7 +20,7 @@ import torch
 import torchvision
 from _common import table
 
-from hwprune.granularity import convert_attention, prune_blocks, prune_heads
+from hwprune.apply.granularity import convert_attention, prune_blocks, prune_heads
 from hwprune.hardware.targets import get_target
 
 

@@ -36,12 +36,12 @@ def edges(xs: list[int], ys: list[float]) -> list[int]:
 
 
 def main() -> None:
-    from hwprune.cost import CostModel, Profiler
-    from hwprune.groups import analyze
+    from hwprune.cost.model import CostModel, Profiler
+    from hwprune.groups.analysis import analyze
     from hwprune.hardware.table import LatencyCache
     from hwprune.hardware.targets import get_target
-    from hwprune.models import resolve
-    from hwprune.prune import PruneConfig, prune
+    from hwprune.pipeline.prune import PruneConfig, prune
+    from hwprune.zoo.specs import resolve
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="example:mnist1d")

@@ -27,8 +27,8 @@ def tiny_file():
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from hwprune.hardware.targets import register_target  # noqa: E402
-from hwprune.hardware.timing import Timing  # noqa: E402
+from hwprune.hardware.targets import register_target
+from hwprune.hardware.timing import Timing
 
 
 def _layer_seconds(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> float:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from tiny_models import tiny_cnn, tiny_resnet, tiny_resnet3
 
-from hwprune.allocate import ALLOCATORS, Problem, mckp
-from hwprune.cost import CostModel, LayerCurve
-from hwprune.groups import analyze
+from hwprune.cost.model import CostModel, LayerCurve
+from hwprune.groups.analysis import analyze
+from hwprune.plan.allocate import ALLOCATORS, Problem, mckp
 
 
 def brute_force(values, costs, budget):
@@ -127,7 +127,7 @@ def test_hw_stays_in_its_trust_region_and_keeps_at_least_uniforms_value(model_fn
 
 @pytest.mark.parametrize("seed", range(3))
 def test_chain_terms_sum_to_the_prediction(seed):
-    from hwprune.allocate import _chain_order, chain_terms
+    from hwprune.plan.allocate import _chain_order, chain_terms
 
     problem = _synthetic_problem(tiny_cnn, seed)
     problem.cost.r0, problem.cost.r1 = 1e-4, 3e-4
@@ -144,7 +144,7 @@ def test_chain_terms_sum_to_the_prediction(seed):
 
 def test_hw_on_a_non_chain_graph_against_brute_force():
     """Trunk + 3 residual blocks: the linearised knapsack + exchange search; never below the baselines."""
-    from hwprune.allocate import _chain_order
+    from hwprune.plan.allocate import _chain_order
 
     problem = _synthetic_problem(tiny_resnet3)
     assert _chain_order(problem) is None

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hwprune.budget import parse_budgets
-from hwprune.cli import main
-from hwprune.errors import HwpruneError
-from hwprune.groups import analyze
-from hwprune.resources import count, figure_cost_model, memory_bytes, peak_activation_bytes
+from hwprune.cli.main import main
+from hwprune.core.budget import parse_budgets
+from hwprune.core.errors import HwpruneError
+from hwprune.cost.resources import count, figure_cost_model, memory_bytes, peak_activation_bytes
+from hwprune.groups.analysis import analyze
 
 
 def test_parse_units_and_fractions():
@@ -57,9 +57,9 @@ def test_param_and_mac_curves_are_exact(tiny_file):
         assert cost.predict(cost.dense_widths()) == pytest.approx(dense)
         # A narrower plan: the per-layer curves are bilinear in (in, out), so the prediction is exact when
         # nothing but the conv/linear layers changes (an MLP without norms).
-        from hwprune.apply import apply_plan
-        from hwprune.importance import compute_scores
-        from hwprune.plan import make_plan
+        from hwprune.apply.channels import apply_plan
+        from hwprune.importance.criteria import compute_scores
+        from hwprune.plan.plan import make_plan
 
         widths = {g.id: g.candidates[len(g.candidates) // 3] for g in analysis.groups}
         scores = compute_scores(model, analysis, "l1", [])

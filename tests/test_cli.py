@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hwprune.cli import main
+from hwprune.cli.main import main
 
 
 def run(capsys, *argv):

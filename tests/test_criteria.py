@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tiny_models import tiny_cnn, tiny_resnet
 
-from hwprune.errors import HwpruneError
-from hwprune.groups import analyze
-from hwprune.importance import CRITERIA, WEIGHT, compute_scores, list_criteria, weight_scores
+from hwprune.core.errors import HwpruneError
+from hwprune.groups.analysis import analyze
+from hwprune.importance.criteria import CRITERIA, WEIGHT, compute_scores, list_criteria, weight_scores
 
 
 class TwoLayer(nn.Module):

@@ -9,9 +9,7 @@ import torch.nn as nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.vision_transformer import VisionTransformer
 
-from hwprune.errors import HwpruneError
-from hwprune.export import load, save_model
-from hwprune.granularity import (
+from hwprune.apply.granularity import (
     HeadPrunedAttention,
     block_criteria,
     find_blocks,
@@ -23,7 +21,9 @@ from hwprune.granularity import (
     score_heads,
     select_heads,
 )
-from hwprune.importance import CRITERIA, HEAD
+from hwprune.core.errors import HwpruneError
+from hwprune.export.model import load, save_model
+from hwprune.importance.criteria import CRITERIA, HEAD
 
 
 class TinyAttention(nn.Module):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from tiny_models import tiny_cnn, tiny_resnet
 
-from hwprune.groups import analyze, candidate_widths
-from hwprune.importance import CRITERIA, compute_scores, normalized
+from hwprune.groups.analysis import analyze, candidate_widths
+from hwprune.importance.criteria import CRITERIA, compute_scores, normalized
 
 
 def test_groups_of_a_plain_cnn_and_output_layer_is_kept():
@@ -74,7 +74,7 @@ def test_every_criterion_scores_every_channel(name):
 
 
 def test_bn_recalibration_matches_batch_statistics():
-    from hwprune.apply import recalibrate_bn
+    from hwprune.apply.channels import recalibrate_bn
 
     model, x = tiny_cnn()
     model.eval()
@@ -86,7 +86,7 @@ def test_bn_recalibration_matches_batch_statistics():
 
 
 def test_sensitivity_is_zero_at_full_width_and_monotone():
-    from hwprune.sensitivity import LossProbe, group_sensitivity
+    from hwprune.pipeline.sensitivity import LossProbe, group_sensitivity
 
     model, x = tiny_cnn()
     a = analyze(model, x)
@@ -102,8 +102,8 @@ def test_sensitivity_is_zero_at_full_width_and_monotone():
 def test_refine_by_loss_never_worsens_the_loss_and_respects_the_target():
     from test_allocate import _synthetic_problem
 
-    from hwprune.allocate import ALLOCATORS
-    from hwprune.sensitivity import LossProbe, group_sensitivity, refine_by_loss
+    from hwprune.pipeline.sensitivity import LossProbe, group_sensitivity, refine_by_loss
+    from hwprune.plan.allocate import ALLOCATORS
 
     problem = _synthetic_problem(tiny_cnn)
     model, x = tiny_cnn()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import hwprune
-from hwprune.cli import main
-from hwprune.sparsity import check_blocks, check_nm
+from hwprune.apply.sparsity import check_blocks, check_nm
+from hwprune.cli.main import main
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
@@ -234,7 +234,7 @@ def test_recipe_errors(tmp_path, capsys):
 
 
 def test_python_api_runs_a_method(tiny_file):
-    from hwprune.prune import PruneConfig, prune
+    from hwprune.pipeline.prune import PruneConfig, prune
 
     cfg = PruneConfig(
         model=f"{tiny_file}:digits_resnet",

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import hwprune
-from hwprune.cli import main
-from hwprune.plan import Plan
+from hwprune.cli.main import main
+from hwprune.plan.plan import Plan
 
 
 def prune_mlp(tiny_file, out, allocator="hw") -> int:

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-import hwprune.profile as profile_mod
-from hwprune.cli import build_parser, main
-from hwprune.errors import HwpruneError
+import hwprune.cli.profile as profile_mod
+from hwprune.cli.main import build_parser, main
+from hwprune.cli.profile import FORMAT, build_profile, export_profile, import_profile, read_profile_file
+from hwprune.core.errors import HwpruneError
 from hwprune.hardware import table as table_mod
 from hwprune.hardware.table import SCHEMA_VERSION, Entry, LatencyCache
-from hwprune.profile import FORMAT, build_profile, export_profile, import_profile, read_profile_file
 
 FP = {"cpu": "test", "threads": 1, "torch": "x", "dtype": "float32", "runtime": "formula"}
 

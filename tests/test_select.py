@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hwprune.errors import HwpruneError
-from hwprune.select import list_selections, select
+from hwprune.core.errors import HwpruneError
+from hwprune.plan.select import list_selections, select
 
 SCORES = {"a": np.array([0.1, 0.9, 0.5, 0.3]), "b": np.array([2.0, 0.05, 1.0])}
 

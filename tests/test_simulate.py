@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from hwprune.errors import HwpruneError
+from hwprune.core.errors import HwpruneError
 from hwprune.hardware.simulate import (
     OpModel,
     SimulatedTarget,

@@ -8,12 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hwprune.data import Dataset
-from hwprune.errors import HwpruneError
-from hwprune.examples import train_steps
-from hwprune.export import load, save_model
-from hwprune.sparse_io import decode, directory_bytes, encode, encoded_sizes
-from hwprune.sparsity import (
+from hwprune.apply.sparsity import (
     WeightPruneConfig,
     apply_masks,
     check_blocks,
@@ -29,6 +24,11 @@ from hwprune.sparsity import (
     sparsity_of,
     to_semi_structured,
 )
+from hwprune.core.data import Dataset
+from hwprune.core.errors import HwpruneError
+from hwprune.export.model import load, save_model
+from hwprune.export.sparse import decode, directory_bytes, encode, encoded_sizes
+from hwprune.finetune.train import train_steps
 
 MLP_SOURCE = """
 import torch.nn as nn
@@ -360,7 +360,7 @@ def test_encoding_choice_by_size():
 
 
 def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file):
-    from hwprune.models import build_source
+    from hwprune.zoo.specs import build_source
 
     source = {"kind": "file", "path": mlp_file, "function": "mlp256"}
     torch.manual_seed(0)
@@ -388,7 +388,7 @@ def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file)
 
 
 def test_save_load_nm_and_block_conv(tmp_path, mlp_file):
-    from hwprune.models import build_source
+    from hwprune.zoo.specs import build_source
 
     source = {"kind": "file", "path": mlp_file, "function": "cnn"}
     torch.manual_seed(0)
@@ -403,7 +403,7 @@ def test_save_load_nm_and_block_conv(tmp_path, mlp_file):
 
 
 def test_damaged_sparse_file(tmp_path, mlp_file):
-    from hwprune.models import build_source
+    from hwprune.zoo.specs import build_source
 
     source = {"kind": "file", "path": mlp_file, "function": "mlp256"}
     model = build_source(source)

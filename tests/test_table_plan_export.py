@@ -6,15 +6,15 @@ import torch
 from tiny_models import tiny_cnn, tiny_resnet
 
 import hwprune
-from hwprune.apply import apply_plan
-from hwprune.cost import CostModel, Profiler
-from hwprune.errors import HwpruneError
-from hwprune.export import save_model
-from hwprune.groups import analyze
+from hwprune.apply.channels import apply_plan
+from hwprune.core.errors import HwpruneError
+from hwprune.cost.model import CostModel, Profiler
+from hwprune.export.model import save_model
+from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
-from hwprune.importance import compute_scores
-from hwprune.plan import GroupPlan, Plan, make_plan
+from hwprune.importance.criteria import compute_scores
+from hwprune.plan.plan import GroupPlan, Plan, make_plan
 
 
 def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
@@ -231,7 +231,7 @@ def test_in_graph_times_rescale_each_layer_by_interpolated_ratio(tmp_path):
 def test_in_graph_match_accepts_block_padded_conv_channels(tmp_path):
     """ORT runs convs in a channel-blocked layout and profiles them with channels padded to the block (8 on
     AVX2, 16 on AVX-512); such a kernel still matches its layer, another channel count does not."""
-    from hwprune.cost import _same_width
+    from hwprune.cost.model import _same_width
     from hwprune.hardware.ort import NodeTime
 
     assert _same_width(20, 24, conv=True) and _same_width(20, 32, conv=True) and _same_width(9, 16, conv=True)
@@ -259,7 +259,7 @@ def test_in_graph_match_accepts_block_padded_conv_channels(tmp_path):
 def test_calibration_plans_are_three_uniform_and_one_split():
     """The split plan keeps the earlier half of the groups at 0.3 and the later half at 0.85, so it moves the
     activations kept (mostly early) and the weights kept (mostly late) apart, which uniform plans cannot."""
-    from hwprune.cost import CALIBRATION_KEEPS, SPLIT_KEEPS, calibration_plans, uniform_widths
+    from hwprune.cost.model import CALIBRATION_KEEPS, SPLIT_KEEPS, calibration_plans, uniform_widths
 
     model, x = tiny_resnet()
     a = analyze(model, x)

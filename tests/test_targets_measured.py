@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 from tiny_models import TinyCNN, tiny_resnet
 
-from hwprune.errors import HwpruneError
+from hwprune.core.errors import HwpruneError
+from hwprune.evaluate.validate import validate
 from hwprune.hardware.ort import export_onnx, session_options
 from hwprune.hardware.targets import get_target, list_targets
-from hwprune.validate import validate
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -189,7 +189,7 @@ def test_validate_on_cpu_ort_runs():
 
 
 def test_prune_end_to_end_on_cpu_ort(tiny_file):
-    from hwprune.prune import PruneConfig, prune
+    from hwprune.pipeline.prune import PruneConfig, prune
 
     assert os.environ["HWPRUNE_TIMING"] == "fast"
     # An absolute budget far above the tiny model's latency: every plan fits, so the loop's path does not
@@ -205,8 +205,8 @@ def test_prune_end_to_end_on_cpu_ort(tiny_file):
 
 def test_cpu_ort_in_graph_times_match_every_layer_of_a_tiny_resnet():
     """ORT's profiler times each conv/linear kernel inside the whole graph; every layer is found by shape."""
-    from hwprune.cost import CostModel
-    from hwprune.groups import analyze
+    from hwprune.cost.model import CostModel
+    from hwprune.groups.analysis import analyze
     from hwprune.hardware.ort import WEIGHT_OPS
 
     torch.manual_seed(0)

@@ -14,14 +14,14 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 def load(directory):
     """Rebuild a model saved by hwprune (a `model/` directory: spec.json + model.safetensors)."""
-    from .export import load as _load
+    from hwprune.export.model import load as _load
 
     return _load(directory)
 
 
 def save(model, directory, source: dict, extra: dict | None = None):
     """Save a model as a JSON shape spec + safetensors weights; `source` names its architecture."""
-    from .export import save_model
+    from hwprune.export.model import save_model
 
     return save_model(model, directory, source, extra)
 

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from hwprune.cli.main import main
 
 sys.exit(main())

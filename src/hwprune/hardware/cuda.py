@@ -23,10 +23,10 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 
-from ..errors import HwpruneError
-from .fingerprint import _cpu_model, fingerprint_key
-from .targets import register_target
-from .timing import FAST_PROTOCOL, Timing, TimingProtocol, _summary
+from hwprune.core.errors import HwpruneError
+from hwprune.hardware.fingerprint import _cpu_model, fingerprint_key
+from hwprune.hardware.targets import register_target
+from hwprune.hardware.timing import FAST_PROTOCOL, Timing, TimingProtocol, _summary
 
 #: One table entry: a layer runs in 10-500 us on a data-centre GPU and event timings of one kernel
 #: vary by a few percent, so 25 calls (at most ~12 ms) are enough; the warm-up covers cuDNN's per-shape

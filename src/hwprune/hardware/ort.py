@@ -24,10 +24,10 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from ..errors import HwpruneError
-from .fingerprint import fingerprint
-from .targets import CpuTarget, register_target
-from .timing import Timing, time_interleaved
+from hwprune.core.errors import HwpruneError
+from hwprune.hardware.fingerprint import fingerprint
+from hwprune.hardware.targets import CpuTarget, register_target
+from hwprune.hardware.timing import Timing, time_interleaved
 
 #: ONNX opset of every export: 17 has LayerNormalization as one op (ViT, transformers) and every
 #: torchvision classifier exports with it; ORT 1.32 runs opsets up to 23.

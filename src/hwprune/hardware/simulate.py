@@ -64,10 +64,10 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import HwpruneError
-from .fingerprint import fingerprint_key
-from .targets import register_resolver
-from .timing import Timing
+from hwprune.core.errors import HwpruneError
+from hwprune.hardware.fingerprint import fingerprint_key
+from hwprune.hardware.targets import register_resolver
+from hwprune.hardware.timing import Timing
 
 #: Bumped whenever the formulas change, so cached tables built with an older model are not reused.
 SIM_MODEL_VERSION = 1
@@ -965,7 +965,7 @@ def calibration_layers(
     Widths scale only where the layer's input/output belongs to a prunable group (as the pruner would change
     them); duplicates are dropped. `max_layers` keeps an evenly spread subset.
     """
-    from ..groups import analyze
+    from hwprune.groups.analysis import analyze
 
     analysis = analyze(model, example_inputs)
     seen: set[tuple] = set()

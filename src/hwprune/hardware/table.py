@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import HwpruneError
+from hwprune.core.errors import HwpruneError
 
 SCHEMA_VERSION = 1
 #: How long one statement waits on another process's write lock (SQLite's busy handler), seconds.

@@ -9,9 +9,16 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from ..errors import HwpruneError
-from .fingerprint import fingerprint, fingerprint_key, physical_cores
-from .timing import FAST_PROTOCOL, MODEL_PROTOCOL, TABLE_PROTOCOL, Timing, TimingProtocol, time_interleaved
+from hwprune.core.errors import HwpruneError
+from hwprune.hardware.fingerprint import fingerprint, fingerprint_key, physical_cores
+from hwprune.hardware.timing import (
+    FAST_PROTOCOL,
+    MODEL_PROTOCOL,
+    TABLE_PROTOCOL,
+    Timing,
+    TimingProtocol,
+    time_interleaved,
+)
 
 #: What every target provides (duck-typed; see CpuTarget for the reference implementation):
 #:   name, description                      registry name and a one-line description (`hwprune targets`)

@@ -1,0 +1,61 @@
+"""Stage 5: structural surgery. Channels a plan drops are physically removed (Torch-Pruning does the cut)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from hwprune.core.errors import HwpruneError
+from hwprune.plan.plan import Plan
+
+
+def apply_plan(model: nn.Module, example_inputs, plan: Plan, inplace: bool = False) -> nn.Module:
+    """Return `model` with every group narrowed to the plan's kept channels."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    modules = dict(model.named_modules())
+    for gp in plan.groups:
+        if gp.width == gp.size:
+            continue
+        root = modules.get(gp.id)
+        if root is None:
+            raise HwpruneError(f"plan names layer '{gp.id}', which this model does not have")
+        pruner = graph.get_pruner_of_module(root)
+        if pruner.get_out_channels(root) != gp.size:
+            raise HwpruneError(
+                f"plan expects {gp.size} channels in '{gp.id}', the model has {pruner.get_out_channels(root)}"
+            )
+        keep = set(gp.keep)
+        drop = [i for i in range(gp.size) if i not in keep]
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, drop)
+        group.prune()
+    return model
+
+
+def recalibrate_bn(model: nn.Module, batches: list, forward=None) -> nn.Module:
+    """Re-estimate BatchNorm running statistics of a pruned model on calibration batches.
+
+    Removing channels shifts the distribution every later BN sees; stale statistics alone can take a
+    pruned network to chance accuracy (Li et al., "EagleEye", ECCV 2020, call this adaptive BN). Cheap:
+    forward passes only, no gradients. Cumulative averages (momentum=None) over all batches.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or not batches:
+        return model
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = model.training
+    model.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            (forward or (lambda mm, xx: mm(xx)))(model, x)
+    for m, mom in saved:
+        m.momentum = mom
+    model.train(was)
+    return model

@@ -1,0 +1,83 @@
+"""Helpers every stage uses on a model: call it on its example inputs, run it with hooks, count it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def as_tuple(x) -> tuple[int, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def call(model: nn.Module, example_inputs):
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def run_hooked(model: nn.Module, example_inputs, modules, hook) -> object:
+    """One no-grad, eval-mode forward pass with `hook` as a forward hook on each of `modules`; the hooks are
+    removed and the model's train/eval mode restored afterwards. Returns the model's output."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (what the safetensors file holds, less its header)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def count_macs(model: nn.Module, example_inputs) -> int:
+    """Multiply-accumulates of the conv, linear and attention layers in one forward pass on `example_inputs`
+    (the whole batch). Normalisation, activations and adds are not MACs and are not counted."""
+    from hwprune.core.modules import run_hooked
+
+    total = 0
+
+    def hook(mod, args, out):
+        nonlocal total
+        if isinstance(mod, nn.MultiheadAttention):
+            q = args[0]
+            k = args[1] if len(args) > 1 else q
+            e = mod.embed_dim  # q/k/v and output projections all have embed_dim rows (heads x head_dim)
+            n_q, n_k = q.numel() // q.shape[-1], k.numel() // k.shape[-1]  # tokens x batch
+            len_k = k.shape[1] if (mod.batch_first and k.dim() == 3) else k.shape[0]
+            total += n_q * e * e + n_k * (mod.kdim + mod.vdim) * e  # q, k, v projections
+            total += 2 * n_q * len_k * e  # scores q.k and the weighted sum of values, over all heads
+            total += n_q * e * e  # output projection
+            return
+        if isinstance(out, torch.Tensor):
+            if isinstance(mod, nn.Linear):
+                total += out.numel() * mod.in_features
+            elif isinstance(mod, nn.modules.conv._ConvNd):
+                k = 1
+                for s in mod.kernel_size:
+                    k *= s
+                total += out.numel() * (mod.in_channels // mod.groups) * k
+
+    inside_mha = {
+        id(m) for a in model.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules() if m is not a
+    }
+    counted = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
+    run_hooked(
+        model, example_inputs, [m for m in model.modules() if isinstance(m, counted) and id(m) not in inside_mha], hook
+    )
+    return total
+
+
+def macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
+    """MACs of one forward pass on `example_inputs` (whole batch, `count_macs`) and the parameter count."""
+    return count_macs(model, example_inputs), sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,432 @@
+"""Stage 3: the latency of every layer at every candidate width, from the measured table.
+
+Each layer's latency is measured on a sparse grid of (input width, output width) points and
+interpolated between them. The output-width axis is refined by bisection wherever the measured
+curve departs from a straight line, so the staircase edges (DESIGN.md) are found without timing
+every width. The model's predicted latency is the sum of its layers plus a *remainder* (BN, ReLU,
+adds, pooling, Python overhead) that is fitted to whole-model measurements (CostModel): a constant plus
+a term in the activations kept, the weights kept, or the layer sum itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hwprune.groups.analysis import GroupAnalysis, LayerInfo
+from hwprune.hardware.table import LatencyCache
+
+#: A refinement point is measured when an interval spans more than one candidate width; it is split
+#: further while the midpoint is off the straight line by more than this fraction (a step edge).
+STEP_TOLERANCE = 0.05
+#: Out-width points measured per layer before refinement, in-width rows per layer.
+OUT_SAMPLES = 7
+IN_SAMPLES = 3
+MAX_REFINE = 8
+#: An entry this many times dearer than a wider width of the same layer is re-measured (see Profiler._repair).
+OUTLIER = 1.5
+
+
+def _spread(cands: list[int], n: int) -> list[int]:
+    if len(cands) <= n:
+        return list(cands)
+    idx = np.unique(np.round(np.linspace(0, len(cands) - 1, n)).astype(int))
+    return [cands[i] for i in idx]
+
+
+@dataclass
+class LayerCurve:
+    """Measured latency (s) of one layer on a grid, bilinear in between."""
+
+    in_samples: list[int]
+    out_samples: list[int]
+    grid: np.ndarray  # [len(in_samples), len(out_samples)]
+    depthwise: bool = False
+
+    def __call__(self, c_in: int, c_out: int) -> float:
+        if self.depthwise:
+            return float(np.interp(c_out, self.out_samples, self.grid[0]))
+        rows = [np.interp(c_out, self.out_samples, r) for r in self.grid]
+        if len(self.in_samples) == 1:
+            return float(rows[0])
+        return float(np.interp(c_in, self.in_samples, rows))
+
+
+class Profiler:
+    """Builds LayerCurves for a model on a target, through the on-disk cache."""
+
+    def __init__(self, target, cache: LatencyCache, progress: bool = True):
+        self.target = target
+        self.cache = cache
+        self.device = target.device_key()
+        cache.register_device(self.device, target.fingerprint())
+        self.progress = progress
+        self.measured = 0
+        self._bar = None
+
+    def entry(self, layer: LayerInfo, c_in: int, c_out: int, fresh: bool = False) -> float:
+        sig = layer.signature()
+        hit = None if fresh else self.cache.get(self.device, sig, c_in, c_out)
+        if hit is not None:
+            return hit[0]
+        mod, x = layer.build(c_in, c_out)
+        t = self.target.time_layer(mod, x)
+        self.cache.put(self.device, sig, c_in, c_out, t.median, t.iqr, t.n)
+        self.measured += 1
+        if self._bar is not None:
+            self._bar.set_postfix(measured=self.measured, cached=self.cache.hits)
+        return t.median
+
+    def _row(self, layer, c_in, outs, cands, refine: bool, dw: bool) -> tuple[list[int], list[float]]:
+        pts = {o: self.entry(layer, o if dw else c_in, o) for o in outs}
+        if refine:
+            stack = list(zip(outs[:-1], outs[1:]))
+            extra = 0
+            while stack and extra < MAX_REFINE:
+                lo, hi = stack.pop(0)
+                inner = [c for c in cands if lo < c < hi]
+                if not inner:
+                    continue
+                mid = inner[len(inner) // 2]
+                pts[mid] = self.entry(layer, mid if dw else c_in, mid)
+                extra += 1
+                lin = pts[lo] + (pts[hi] - pts[lo]) * (mid - lo) / (hi - lo)
+                if abs(pts[mid] - lin) > STEP_TOLERANCE * max(pts[hi], pts[lo]):
+                    stack += [(lo, mid), (mid, hi)]
+        xs = sorted(pts)
+        self._repair(layer, c_in, pts, xs, dw)
+        return xs, [pts[x] for x in xs]
+
+    def _repair(self, layer, c_in, pts: dict[int, float], xs: list[int], dw: bool) -> None:
+        """Re-measure entries that cost far more than a wider width of the same layer, then clamp.
+
+        A layer's latency is a staircase that rises with its width; an entry OUTLIER x above the cheapest
+        wider one was timed during a burst of load (seen here: 68 ms entries for 0.1 ms layers while other
+        jobs ran). It is timed again and the new figure replaces it in the table; a figure that is still out
+        of line is real (some kernels are slower at misaligned widths) and is kept.
+        """
+        for i in range(len(xs) - 2, -1, -1):
+            wider = min(pts[x] for x in xs[i + 1 :])
+            if pts[xs[i]] > OUTLIER * wider:
+                x = xs[i]
+                pts[x] = self.entry(layer, x if dw else c_in, x, fresh=True)
+
+    def curve(self, layer: LayerInfo, in_cands: list[int], out_cands: list[int]) -> LayerCurve:
+        if layer.depthwise:
+            xs, ys = self._row(layer, 0, _spread(out_cands, OUT_SAMPLES + 2), out_cands, True, True)
+            return LayerCurve(xs, xs, np.array([ys]), depthwise=True)
+        outs = _spread(out_cands, OUT_SAMPLES)
+        full_in = max(in_cands)
+        outs, top = self._row(layer, full_in, outs, out_cands, len(out_cands) > 2, False)
+        ins = sorted(set(_spread(in_cands, IN_SAMPLES)))
+        rows = {full_in: top}
+        for c_in in ins:
+            if c_in not in rows:
+                rows[c_in] = self._row(layer, c_in, outs, out_cands, False, False)[1]
+        # The same check across input widths: a narrower input never costs far more than a wider one.
+        for i in range(len(ins) - 2, -1, -1):
+            for j, o in enumerate(outs):
+                wider = min(rows[c][j] for c in ins[i + 1 :])
+                if rows[ins[i]][j] > OUTLIER * wider:
+                    rows[ins[i]][j] = self.entry(layer, ins[i], o, fresh=True)
+        return LayerCurve(ins, outs, np.array([rows[c] for c in ins]))
+
+    def build(self, analysis: GroupAnalysis) -> dict[str, LayerCurve]:
+        """Curves for every timed layer of the model (measuring only what the cache lacks)."""
+        cands = {g.id: g.candidates for g in analysis.groups}
+        curves: dict[str, LayerCurve] = {}
+        memo: dict[tuple, LayerCurve] = {}
+        with tqdm(analysis.layers, desc="latency table", unit="layer", disable=not self.progress) as bar:
+            self._bar = bar
+            for layer in bar:
+                in_c = (
+                    [c * layer.in_mult for c in cands[layer.in_group]]
+                    if layer.in_group in cands
+                    else [layer.in_channels]
+                )
+                out_c = cands.get(layer.out_group, [layer.out_channels])
+                key = (layer.signature(), tuple(in_c), tuple(out_c))
+                if key not in memo:
+                    memo[key] = self.curve(layer, in_c, out_c)
+                curves[layer.name] = memo[key]
+            self._bar = None
+        return curves
+
+
+def layer_weights(layer: LayerInfo, c_in: int, c_out: int) -> float:
+    """Weights (and bias) of a conv/linear layer at widths (c_in, c_out): the bytes it streams per call."""
+    k = int(np.prod(layer.kernel_size)) if layer.kernel_size else 1
+    if layer.depthwise:
+        return float(c_out * k + (c_out if layer.bias else 0))
+    return float(c_in * c_out * k + (c_out if layer.bias else 0))
+
+
+#: ONNX Runtime's CPU convs run in a blocked layout (NCHWc) whose channel blocks are 8 floats wide with AVX2
+#: and 16 with AVX-512, so a conv's channels are padded up to the block and its profiled shapes show the padded
+#: count: on mobilenet_v3_small in ORT (2 threads, AVX2) a 20-channel layer profiled as 24 and a 9-channel one
+#: as 16, and exact matching found 34 of its 54 layers in a uniform 0.55 plan.
+CHANNEL_BLOCKS = (8, 16)
+
+
+def _same_width(width: int, profiled: int, conv: bool) -> bool:
+    """Whether a kernel profiled with `profiled` channels runs a layer of `width` (convs: maybe block-padded)."""
+    if profiled == width:
+        return True
+    return conv and any(profiled == -(-width // b) * b for b in CHANNEL_BLOCKS)
+
+
+class _WithWeights:
+    """A layer's measured curve times its in-graph factor and the fitted scale, plus its share of the
+    weight-proportional remainder, R2 * weights / total."""
+
+    def __init__(self, owner: CostModel, layer: LayerInfo, curve):
+        self.owner, self.layer, self.curve = owner, layer, curve
+
+    def __call__(self, c_in: int, c_out: int) -> float:
+        t = self.owner.scale * self.owner.in_graph(self.layer.name, self.curve(c_in, c_out))
+        if self.owner.r2:
+            t += self.owner.r2 * layer_weights(self.layer, c_in, c_out) / self.owner._weights_total
+        return t
+
+
+@dataclass
+class CostModel:
+    """Predicted model latency for any assignment of widths to groups.
+
+    Latency = the layers' measured curves + a remainder fitted to whole-model measurements,
+    R0 + R1 * phi + R2 * psi: a fixed per-call part, a part that scales with the activations kept (phi:
+    BatchNorm, activations, adds, pooling) and a part that scales with the weights kept (psi: each layer is
+    timed alone with its weights hot in cache; inside a model larger than the cache they stream from
+    memory, which dominates batch-1 MLPs), or instead (S - 1) x the layer sum (the table as a whole is off
+    by a factor: ONNX Runtime's stand-alone layers, or a machine slower today than when it was profiled).
+    The psi part and the scale S are folded into the layer curves (`curves`), so every allocator sees them;
+    `base_curves` are the measured ones. `add_measurement` fits the terms.
+    """
+
+    analysis: GroupAnalysis
+    curves: dict[str, LayerCurve]
+    r0: float = 0.0
+    r1: float = 0.0
+    r2: float = 0.0
+    scale: float = 1.0  # layer curves x scale (see add_measurement)
+    #: (phi, psi, layer sum, measured - layer sum) of every whole-model measurement
+    fit_points: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: Layer name -> (table time, in-graph time / table time) at each profiled plan, where the target can
+    #: time layers inside the whole model (add_in_graph)
+    ratios: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sizes = {g.id: g.size for g in self.analysis.groups}
+        self._act_total = sum(la.output_numel for la in self.analysis.layers) or 1
+        self._weights_total = sum(layer_weights(la, la.in_channels, la.out_channels) for la in self.analysis.layers)
+        self._weights_total = self._weights_total or 1.0
+        self.base_curves = self.curves
+        self.curves = {la.name: _WithWeights(self, la, self.base_curves[la.name]) for la in self.analysis.layers}
+        self._measurements: list[tuple[dict[str, int], float]] = []
+        self._ratio_arrays = {name: tuple(np.array(axis) for axis in zip(*pts)) for name, pts in self.ratios.items()}
+
+    def dense_widths(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+    def _widths_of(self, layer: LayerInfo, widths: dict[str, int]) -> tuple[int, int]:
+        c_in = widths[layer.in_group] * layer.in_mult if layer.in_group in widths else layer.in_channels
+        c_out = widths[layer.out_group] if layer.out_group in widths else layer.out_channels
+        return c_in, c_out
+
+    def layer_sum(self, widths: dict[str, int]) -> float:
+        """The measured layer curves at `widths`, each times its in-graph factor (no fitted term)."""
+        return sum(
+            self.in_graph(la.name, self.base_curves[la.name](*self._widths_of(la, widths)))
+            for la in self.analysis.layers
+        )
+
+    def in_graph(self, name: str, table_s: float) -> float:
+        """Layer `name`'s time inside the model when the table says `table_s`: the in-graph / table ratio
+        interpolated between the profiled plans by table time (constant beyond them); 1 if never profiled."""
+        if name not in self._ratio_arrays:
+            return table_s
+        xs, ys = self._ratio_arrays[name]  # `ratios` as arrays: this runs on every curve evaluation
+        return table_s * float(np.interp(table_s, xs, ys))
+
+    def add_in_graph(self, widths: dict[str, int], nodes) -> int:
+        """Correct each layer's curve by its time inside the whole model at `widths` (`nodes`: the target's
+        `in_graph_times` of that model); returns how many layers were matched.
+
+        A layer is matched to a kernel of the same kind (conv or linear) with its input shape and output
+        channels at these widths (a conv's maybe padded to a channel block, CHANNEL_BLOCKS), in order among
+        identical ones. Its curve is then scaled by in-graph time /
+        table time, interpolated by table time between the profiled plans (`in_graph`); unmatched layers
+        keep their table curve, and whatever they cost in the graph is left to the remainder. The ratio is
+        not one number per model: on resnet18 in ONNX Runtime (2 threads, batch 1, dense widths) it ranged
+        from 0.53 (layer4's 1x1 downsample) to 1.22 (layer4.0.conv1), so one scale for the whole table
+        mispredicts plans that cut layers unequally.
+        """
+        free = list(nodes)
+        matched = 0
+        for la in self.analysis.layers:
+            c_in, c_out = self._widths_of(la, widths)
+            shape = list(la.input_shape)
+            conv = la.kind.startswith("conv")
+            axis = 1 if conv else -1
+            for i, n in enumerate(free):
+                if n.is_conv != conv or len(n.input_shape) != len(shape):
+                    continue
+                ins = list(n.input_shape)
+                if not (_same_width(c_in, ins[axis], conv) and _same_width(c_out, n.output_shape[axis], conv)):
+                    continue
+                ins[axis] = shape[axis]
+                if tuple(ins) != tuple(shape):
+                    continue
+                table = self.base_curves[la.name](c_in, c_out)
+                if table > 0:
+                    pts = [p for p in self.ratios.get(la.name, []) if p[0] != table] + [(table, n.seconds / table)]
+                    self.ratios[la.name] = sorted(pts)
+                    self._ratio_arrays[la.name] = tuple(np.array(axis) for axis in zip(*self.ratios[la.name]))
+                    matched += 1
+                del free[i]
+                break
+        self._refit()
+        return matched
+
+    def phi(self, widths: dict[str, int]) -> float:
+        kept = 0.0
+        for la in self.analysis.layers:
+            frac = widths.get(la.out_group, self.sizes.get(la.out_group, 1)) / self.sizes.get(la.out_group, 1)
+            kept += la.output_numel * (frac if la.out_group else 1.0)
+        return kept / self._act_total
+
+    def psi(self, widths: dict[str, int]) -> float:
+        """Fraction of the conv/linear weights kept."""
+        kept = sum(layer_weights(la, *self._widths_of(la, widths)) for la in self.analysis.layers)
+        return kept / self._weights_total
+
+    def remainder(self, widths: dict[str, int]) -> float:
+        return self.predict(widths) - self.layer_sum(widths)
+
+    def predict(self, widths: dict[str, int]) -> float:
+        fitted = self.r0 + self.r1 * self.phi(widths) + self.r2 * self.psi(widths)
+        return self.scale * self.layer_sum(widths) + fitted
+
+    def add_measurement(self, widths: dict[str, int], measured: float) -> None:
+        """Refit the remainder to every whole-model measurement so far (least squares)."""
+        self._measurements.append((dict(widths), measured))
+        self._refit()
+
+    def _refit(self) -> None:
+        sums = [(w, m, self.layer_sum(w)) for w, m in self._measurements]
+        self.fit_points = [(self.phi(w), self.psi(w), ls, m - ls) for w, m, ls in sums]
+        if not self.fit_points:
+            return
+        pts = np.array(self.fit_points)
+        phis, res = pts[:, 0], pts[:, 3]
+        if len(pts) == 1 or np.ptp(phis) < 1e-3:
+            # One point: assume the remainder scales with the activations it touches. A negative residual
+            # (the layers timed alone overestimate the model) is a constant offset instead: a negative
+            # slope would make narrower plans look slower.
+            r = float(res.mean())
+            self.r0, self.r1, self.r2 = (0.0, r / max(float(phis.mean()), 1e-6), 0.0) if r >= 0 else (r, 0.0, 0.0)
+            self.scale = 1.0
+            return
+        # Candidate models: a constant, plus one of the activations kept (phi), the weights kept (psi) or the
+        # layer sum itself (a scale on the table), and with 6+ points phi and psi together; the smallest
+        # squared error wins. Signs are free: a layer timed alone in ONNX Runtime pays for converting its input
+        # and output to and from the blocked layout and across the session boundary, which a whole graph
+        # does once, so there the table overestimates by an amount that grows with the widths; and a table
+        # measured on another day on a shared machine is off by a factor. Measured in ORT on the MLP and
+        # mobilenet_v2 (batch 1 and 8), mobilenet_v3_small and resnet18 (batch 1), fit on 3 uniform plans and
+        # predicting 4 others: non-negative slopes left a median |error| of 18% and a worst of 133%, signed
+        # ones 6.5% and 15%. A fit is kept only if wider plans
+        # still predict slower (`_monotone`), else the allocator could "save" latency by adding channels.
+        fits = [(float(np.sum((res - res.mean()) ** 2)), (float(res.mean()), 0.0, 0.0, 1.0))]
+        terms = [(0,), (1,), (2,)] + ([(0, 1)] if len(pts) >= 6 else [])  # columns of pts: phi, psi, layers
+        for cols in terms:
+            a = np.column_stack([np.ones(len(pts))] + [pts[:, c] for c in cols])
+            coef, *_ = np.linalg.lstsq(a, res, rcond=None)
+            full = [float(coef[0]), 0.0, 0.0, 0.0]
+            for c, v in zip(cols, coef[1:]):
+                full[c + 1] = float(v)
+            if full[3] <= -1.0:
+                continue  # a scale <= 0
+            fits.append((float(np.sum((a @ coef - res) ** 2)), (full[0], full[1], full[2], 1.0 + full[3])))
+        for _, (r0, r1, r2, scale) in sorted(fits, key=lambda f: f[0]):
+            if (r1 >= 0 and r2 >= 0 and scale >= 1.0) or self._monotone(r1, r2, scale):
+                self.r0, self.r1, self.r2, self.scale = r0, r1, r2, scale
+                return
+
+    def _monotone(self, r1: float, r2: float, scale: float) -> bool:
+        """Whether, with these fitted terms, wider still predicts slower: every group at its widest costs at
+        least what it costs at its narrowest, unless its measured curves already fall (noise), with its
+        neighbours at their narrowest and at dense; and uniform plans get slower as the kept fraction grows.
+        Single steps are not checked: the measured curves have small noisy dips."""
+        saved = self.r1, self.r2, self.scale
+        fitted, bare = (r1, r2, scale), (0.0, 0.0, 1.0)
+        try:
+            narrow = {g.id: g.candidates[0] for g in self.analysis.groups}
+            for others in (narrow, self.dense_widths()):
+                for g in self.analysis.groups:
+                    ends = [g.candidates[0], g.candidates[-1]]
+                    self.r1, self.r2, self.scale = bare
+                    base_lo, base_hi = self.group_costs(g.id, others, ends)
+                    self.r1, self.r2, self.scale = fitted
+                    lo, hi = self.group_costs(g.id, others, ends)
+                    if hi - lo < min(base_hi - base_lo, 0.0):
+                        return False
+            self.r1, self.r2, self.scale = fitted
+            uniform = [self.predict(uniform_widths(self.analysis, k)) for k in np.linspace(0.1, 1.0, 10)]
+            return bool(np.all(np.diff(uniform) >= 0))
+        finally:
+            self.r1, self.r2, self.scale = saved
+
+    def phi_share(self, g_id: str, width: int) -> float:
+        """Group `g_id`'s part of `phi` at `width` (phi is separable over groups)."""
+        act = sum(la.output_numel for la in self.analysis.layers if la.out_group == g_id)
+        return act * width / self.sizes[g_id] / self._act_total
+
+    def group_costs(self, g_id: str, widths: dict[str, int], candidates: list[int]) -> np.ndarray:
+        """Latency of everything that depends on group `g_id`, at each candidate, others held at `widths`."""
+        out = np.zeros(len(candidates))
+        touching = [la for la in self.analysis.layers if g_id in (la.in_group, la.out_group)]
+        for j, w in enumerate(candidates):
+            trial = {**widths, g_id: w}
+            out[j] = sum(self.curves[la.name](*self._widths_of(la, trial)) for la in touching)
+            out[j] += self.r1 * self.phi_share(g_id, w)
+        return out
+
+
+#: Keep fractions of the uniform plans the remainder is calibrated on before any plan is chosen, spread over
+#: the range budgets land in: one dense point cannot tell a fixed per-call cost from one that scales, and
+#: activations (~ keep) and weights (~ keep^2) scale differently, so three widths separate R0, R1 and R2.
+CALIBRATION_KEEPS = (0.85, 0.55, 0.3)
+
+
+#: Keep fractions of one more calibration plan, not uniform: the earlier half of the groups at the first, the
+#: later half at the second. Along the uniform path the activations kept (phi, ~keep), the weights kept (psi,
+#: ~keep^2) and the layer sum grow together, so three uniform plans fit a remainder in any of them about
+#: equally well, and that arbitrary choice decides what a non-uniform plan costs. Early groups hold most of
+#: the activations and late ones most of the weights, so this plan moves phi and psi apart. Without it, fits
+#: on the uniform plans over-predicted the pipeline's (non-uniform) pruned plans on `cpu`: +17% MobileNetV2
+#: and +15% ResNet-18 at batch 1 (benchmarks/results/prediction.md, 2026-11-22), up to +69% on a slow day.
+SPLIT_KEEPS = (0.3, 0.85)
+
+
+def uniform_widths(analysis: GroupAnalysis, keep: float) -> dict[str, int]:
+    """Every group at the candidate width nearest `keep` x its size."""
+    return {g.id: min(g.candidates, key=lambda c: abs(c - keep * g.size)) for g in analysis.groups}
+
+
+def calibration_plans(analysis: GroupAnalysis) -> list[dict[str, int]]:
+    """The plans the remainder is calibrated on: uniform at each of CALIBRATION_KEEPS, then (with two or more
+    groups) the split plan of SPLIT_KEEPS, groups ordered by the first layer that writes them."""
+    plans = [uniform_widths(analysis, k) for k in CALIBRATION_KEEPS]
+    if len(analysis.groups) < 2:
+        return plans
+    first = {}
+    for i, la in enumerate(analysis.layers):
+        first.setdefault(la.out_group, i)
+    ordered = sorted(analysis.groups, key=lambda g: first.get(g.id, len(analysis.layers)))
+    early, late = (uniform_widths(analysis, k) for k in SPLIT_KEEPS)
+    half = len(ordered) // 2
+    plans.append({g.id: (early if i < half else late)[g.id] for i, g in enumerate(ordered)})
+    return plans

@@ -1,0 +1,193 @@
+"""Stage 8: save a (pruned) model as a JSON shape spec + safetensors weights, and rebuild it. No pickle.
+
+The spec names how to build the original architecture (`source`, the model SPEC the user gave) and the
+narrowed shape attributes of every module; loading builds the original, narrows the modules to the
+saved shapes (as timm does for its `_pruned` configs) and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from hwprune.core.errors import HwpruneError
+
+FORMAT = "hwprune-model/1"
+SHAPE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_parameters",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
+)
+
+
+def _shape_spec(model: nn.Module) -> dict:
+    spec = {}
+    for name, m in model.named_modules():
+        attrs = {a: getattr(m, a) for a in SHAPE_ATTRS if isinstance(getattr(m, a, None), (int, tuple, list))}
+        if attrs:
+            spec[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+    return spec
+
+
+@contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `directory`; when the block succeeds it replaces `directory` whole.
+
+    On any error the temporary directory is removed and `directory` is left as it was: a reader never
+    sees a half-written output.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield tmp
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old / "x")
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replaced_spec(model: nn.Module) -> dict[str, str]:
+    """Module path -> kind, for modules that pruning may have put in place of the source's own: removed
+    blocks (nn.Identity) and classes that name a `hwprune_replacement` kind (head-pruned attention).
+
+    Every nn.Identity is listed, also one the source already had: replacing it on load changes nothing.
+    """
+    out: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(p + ".") for p in out):
+            continue
+        kind = "identity" if isinstance(m, nn.Identity) else getattr(m, "hwprune_replacement", None)
+        if isinstance(kind, str):
+            out[name] = kind
+    return out
+
+
+def _replacement(kind: str, original: nn.Module) -> nn.Module:
+    if kind == "identity":
+        return nn.Identity()
+    if kind == "attention-heads":
+        from hwprune.apply.granularity import HeadPrunedAttention
+
+        return HeadPrunedAttention.from_module(original)
+    raise HwpruneError(f"saved model replaces a module by unknown kind {kind!r}; is this hwprune too old?")
+
+
+def _replace_modules(model: nn.Module, replaced: dict[str, str]) -> None:
+    """Put the recorded replacements in the freshly built source (before narrowing shapes)."""
+    for name, kind in sorted(replaced.items(), key=lambda kv: kv[0].count(".")):
+        try:
+            original = model.get_submodule(name)
+        except AttributeError:
+            raise HwpruneError(f"saved model replaces module '{name}' that its source architecture lacks") from None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, _replacement(kind, original))
+
+
+def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | None = None) -> None:
+    """Write spec.json and model.safetensors into an existing directory."""
+    from hwprune.export.sparse import split_sparse
+
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    sparse = split_sparse(model, state, directory)  # masked weights go compressed to sparse.safetensors
+    save_file(state, str(directory / "model.safetensors"))
+    spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
+    if sparse:
+        spec["sparse"] = sparse
+    replaced = _replaced_spec(model)  # removed blocks, head-pruned attention; older specs lack the key
+    if replaced:
+        spec["replaced"] = replaced
+    (directory / "spec.json").write_text(json.dumps(spec, indent=1))
+
+
+def save_model(model: nn.Module, directory: str | Path, source: dict, extra: dict | None = None) -> Path:
+    """Write `directory/spec.json` and `directory/model.safetensors` atomically."""
+    with atomic_directory(directory) as tmp:
+        write_model(model, tmp, source, extra)
+    return Path(directory)
+
+
+def read_spec(directory: str | Path) -> dict:
+    path = Path(directory) / "spec.json"
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HwpruneError(f"{directory} is not a saved hwprune model ({e})") from e
+    if spec.get("format") != FORMAT:
+        raise HwpruneError(f"{path}: unknown format {spec.get('format')!r}, expected {FORMAT!r}")
+    return spec
+
+
+def _narrow(model: nn.Module, spec: dict, state: dict[str, torch.Tensor]) -> None:
+    modules = dict(model.named_modules())
+    for name, attrs in spec["modules"].items():
+        m = modules.get(name)
+        if m is None:
+            raise HwpruneError(f"saved model has module '{name}' that its source architecture lacks")
+        for k, v in attrs.items():
+            setattr(m, k, tuple(v) if isinstance(v, list) else v)
+    for key, tensor in state.items():
+        mod_name, _, pname = key.rpartition(".")
+        m = modules.get(mod_name)
+        if m is None:
+            continue
+        if pname in m._parameters and m._parameters[pname] is not None:
+            if m._parameters[pname].shape != tensor.shape:
+                m._parameters[pname] = nn.Parameter(torch.empty_like(tensor), m._parameters[pname].requires_grad)
+        elif pname in m._buffers and m._buffers[pname] is not None:
+            if m._buffers[pname].shape != tensor.shape:
+                m._buffers[pname] = torch.empty_like(tensor)
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_model` (or by `hwprune prune`'s `model/` output)."""
+    from hwprune.zoo.specs import build_source
+
+    directory = Path(directory)
+    spec = read_spec(directory)
+    try:
+        state = load_file(str(directory / "model.safetensors"))
+    except Exception as e:  # safetensors raises several types on a damaged file
+        raise HwpruneError(f"cannot read weights in {directory}: {e}") from e
+    masks = {}
+    if spec.get("sparse"):  # masked weights saved compressed (sparse_io); older specs lack the key
+        from hwprune.export.sparse import read_sparse
+
+        weights, masks = read_sparse(directory, spec["sparse"])
+        state.update(weights)
+    model = build_source(spec["source"])
+    _replace_modules(model, spec.get("replaced", {}))
+    _narrow(model, spec, state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise HwpruneError(f"weights in {directory} do not fit the saved shapes: {str(e).splitlines()[0]}") from e
+    if masks:
+        from hwprune.export.sparse import restore_masks
+
+        restore_masks(model, masks, spec["sparse"])
+    model.eval()
+    return model

@@ -1,0 +1,258 @@
+"""Stage 1: coupled prunable groups, found by Torch-Pruning's dependency graph (DepGraph).
+
+A *group* is a set of channels that must be removed together (a conv's filters, the BN after it, the
+next conv's input channels, every layer tied to them by a residual add or a concat). Each group has a
+list of candidate widths; the allocator picks one per group. A *layer* is one conv/linear whose
+latency is looked up in the table: its input width belongs to one group (or is fixed) and its output
+width to another (or is fixed).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import as_tuple, call, run_hooked
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class LayerInfo:
+    """One conv/linear layer as the cost model sees it."""
+
+    name: str
+    kind: str  # conv1d | conv2d | conv3d | linear
+    in_channels: int
+    out_channels: int
+    input_shape: tuple[int, ...]  # as seen in the dense forward pass
+    output_numel: int = 0  # elements of the dense output (sizes the width-dependent remainder)
+    in_mult: int = 1  # input features per channel of the input group (a Linear after a flatten)
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    depthwise: bool = False
+    bias: bool = True
+    in_group: str | None = None
+    out_group: str | None = None
+
+    def signature(self) -> str:
+        """Everything but the two widths that the layer's latency depends on (the cache key)."""
+        shape = list(self.input_shape)
+        shape[1 if self.kind.startswith("conv") else -1] = -1  # the channel dim varies with the width
+        return (
+            f"{self.kind}|k={self.kernel_size}|s={self.stride}|p={self.padding}|d={self.dilation}"
+            f"|dw={int(self.depthwise)}|bias={int(self.bias)}|x={tuple(shape)}"
+        )
+
+    def build(self, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
+        """A fresh layer at the given widths and an input of the right shape, for timing."""
+        shape = list(self.input_shape)
+        if self.kind == "linear":
+            shape[-1] = c_in
+            return nn.Linear(c_in, c_out, bias=self.bias), torch.randn(shape)
+        shape[1] = c_in
+        cls = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[self.kind]
+        groups = c_in if self.depthwise else 1
+        layer = cls(c_in, c_out, self.kernel_size, self.stride, self.padding, self.dilation, groups, self.bias)
+        return layer, torch.randn(shape)
+
+
+@dataclass
+class PruneGroup:
+    """Channels that are removed together; `candidates` are the widths the allocator may choose."""
+
+    id: str  # name of the root layer whose output channels define the group
+    size: int
+    candidates: list[int]
+    members: list[tuple[str, str]] = field(default_factory=list)  # (module name, "out" | "in")
+
+
+def candidate_widths(size: int, min_keep: float = 0.1, max_candidates: int = 64) -> list[int]:
+    """Widths a group may take: multiples of a step, from `min_keep` of the group up to all of it.
+
+    Steps are 8 channels for groups of 64 or more: the latency staircases measured on this project's CPU
+    (DESIGN.md) have their edges on multiples of 8 or coarser, so finer widths buy nothing but search time.
+    """
+    if size <= 16:
+        step = 1
+    elif size < 64:
+        step = 4
+    else:
+        step = 8
+    while size / step > max_candidates:
+        step *= 2
+    lo = max(1, math.ceil(size * min_keep))
+    widths = [w for w in range(step, size, step) if w >= lo]
+    if not widths or widths[0] > lo:
+        widths.insert(0, lo)
+    return sorted(set(widths + [size]))
+
+
+
+
+
+
+
+
+@dataclass
+class GroupAnalysis:
+    """The result of stage 1: the dependency graph, the groups, and the layers the cost model times."""
+
+    graph: tp.DependencyGraph
+    groups: list[PruneGroup]
+    layers: list[LayerInfo]
+    output_layer: str
+    tp_groups: dict = field(repr=False, default_factory=dict)  # group id -> torch-pruning Group (full indices)
+
+    def group(self, gid: str) -> PruneGroup:
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(gid)
+
+
+def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str]) -> bool:
+    """Does the model still run after one channel is cut from each of `gids` (on a copy)?"""
+    trial = copy.deepcopy(model)
+    try:
+        graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example_inputs, verbose=False)
+        modules = dict(trial.named_modules())
+        for gid in gids:
+            root = modules[gid]
+            pruner = graph.get_pruner_of_module(root)
+            graph.get_pruning_group(root, pruner.prune_out_channels, [pruner.get_out_channels(root) - 1]).prune()
+        with torch.no_grad():
+            call(trial, example_inputs)
+        return True
+    except Exception:
+        return False
+
+
+def unsafe_groups(model: nn.Module, example_inputs, gids: list[str]) -> set[str]:
+    """Groups whose removal breaks the forward pass, found by cutting one channel on a copy.
+
+    Some models read a width from a plain attribute instead of a layer (torchvision's ViT reshapes its
+    patch embedding with `self.hidden_dim`, and its class token and position embedding are bare
+    parameters), so the dependency graph cannot see that the residual stream is tied to them. One trial
+    of all groups at once settles the usual case; when it fails, bisection finds the culprits.
+    """
+    if not gids or _prunes_cleanly(model, example_inputs, gids):
+        return set()
+    if len(gids) == 1:
+        return set(gids)
+    half = len(gids) // 2
+    return unsafe_groups(model, example_inputs, gids[:half]) | unsafe_groups(model, example_inputs, gids[half:])
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs,
+    min_keep: float = 0.1,
+    ignored: list[str] | None = None,
+    probe: bool = True,
+) -> GroupAnalysis:
+    """Trace the model and return its prunable groups and timed layers.
+
+    The last conv/linear that runs is the output layer (the classifier); its outputs are never pruned.
+    Grouped (non-depthwise) convolutions are left alone, and so are groups whose removal breaks the
+    forward pass (`unsafe_groups`; `probe=False` skips that check). The model is traced in eval mode, so
+    BatchNorm statistics are not touched.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _analyze(model, example_inputs, min_keep, ignored, probe)
+    finally:
+        model.train(was_training)
+
+
+def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
+    names = {m: n for n, m in model.named_modules()}
+    order: list[nn.Module] = []
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+    out_numel: dict[nn.Module, int] = {}
+
+    def hook(mod, args, out):
+        if mod not in shapes and args and isinstance(args[0], torch.Tensor):
+            shapes[mod] = tuple(args[0].shape)
+            out_numel[mod] = out.numel() if isinstance(out, torch.Tensor) else 0
+            order.append(mod)
+
+    run_hooked(model, example_inputs, [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)], hook)
+    if not order:
+        raise HwpruneError("the model has no Conv/Linear layer that runs on the example input; nothing to prune")
+    output_layer = order[-1]
+    ignored_mods = [output_layer] + [m for m in model.modules() if names.get(m) in set(ignored or [])]
+    for m in order:
+        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.in_channels:
+            ignored_mods.append(m)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels != m.out_channels:
+            ignored_mods.append(m)  # depthwise with a channel multiplier: not a plain width
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    layers: dict[nn.Module, LayerInfo] = {}
+    for m in order:
+        if isinstance(m, nn.Linear):
+            info = LayerInfo(names[m], "linear", m.in_features, m.out_features, shapes[m], bias=m.bias is not None)
+        else:
+            kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}[type(m)]
+            info = LayerInfo(
+                names[m],
+                kind,
+                m.in_channels,
+                m.out_channels,
+                shapes[m],
+                kernel_size=as_tuple(m.kernel_size),
+                stride=as_tuple(m.stride),
+                padding=as_tuple(m.padding),
+                dilation=as_tuple(m.dilation),
+                depthwise=m.groups > 1 and m.groups == m.in_channels == m.out_channels,
+                bias=m.bias is not None,
+            )
+        info.output_numel = out_numel[m]
+        layers[m] = info
+
+    groups: list[PruneGroup] = []
+    tp_groups = {}
+    for g in graph.get_all_groups(ignored_layers=ignored_mods, root_module_types=PRUNABLE_TYPES):
+        root = g[0].dep.target.module
+        gid = names[root]
+        size = len(g[0].idxs)
+        if size < 2:
+            continue
+        members = []
+        for dep, _idxs in g:
+            mod = dep.target.module
+            if not isinstance(mod, nn.Module) or mod not in names:
+                continue
+            side = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
+            members.append((names[mod], side))
+            if mod in layers:
+                if side == "out" or layers[mod].depthwise:
+                    layers[mod].out_group = gid
+                if side == "in" or layers[mod].depthwise:
+                    layers[mod].in_group = gid
+                    if side == "in" and layers[mod].in_channels % size == 0:
+                        layers[mod].in_mult = layers[mod].in_channels // size
+        groups.append(PruneGroup(gid, size, candidate_widths(size, min_keep), members))
+        tp_groups[gid] = g
+    position = {names[m]: i for i, m in enumerate(order)}
+    groups.sort(key=lambda g: position.get(g.id, len(position)))
+    if probe:
+        bad = unsafe_groups(model, example_inputs, [g.id for g in groups])
+        groups = [g for g in groups if g.id not in bad]
+        tp_groups = {k: v for k, v in tp_groups.items() if k not in bad}
+        for la in layers.values():
+            la.in_group = None if la.in_group in bad else la.in_group
+            la.out_group = None if la.out_group in bad else la.out_group
+    if not groups:
+        raise HwpruneError("no prunable channel group found in the model (only its output layer is prunable?)")
+    return GroupAnalysis(graph, groups, list(layers.values()), names[output_layer], tp_groups)

@@ -1,0 +1,86 @@
+"""Built-in example models (`--model example:NAME`), trained on first use and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from hwprune.core.errors import HwpruneError
+from hwprune.finetune.train import train
+from hwprune.zoo.datasets import get_dataset
+
+
+class Mnist1dCNN(nn.Module):
+    """A wide 1-D CNN for MNIST-1D.
+
+    Width 256 keeps the model compute bound at the demo's batch of 64 on a 2-core CPU (each 3x1 conv is
+    ~0.5-1 GFLOP there), so removing channels really removes time; narrow models are dominated by
+    per-op overhead and barely speed up when pruned.
+    """
+
+    def __init__(self, width: int = 256, hidden: int = 256, num_classes: int = 10):
+        super().__init__()
+
+        def block(cin, cout, k, s):
+            return nn.Sequential(nn.Conv1d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU())
+
+        self.features = nn.Sequential(
+            block(1, width, 5, 1), block(width, width, 3, 2), block(width, width, 3, 1), block(width, width, 3, 2)
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(width * 10, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    build: Callable[[], nn.Module]
+    data: str
+    epochs: int
+    description: str
+
+
+EXAMPLES: dict[str, Example] = {
+    "mnist1d": Example("mnist1d", Mnist1dCNN, "mnist1d", 12, "1-D CNN (4 convs of 256, 2 linears) on MNIST-1D"),
+}
+
+
+def get_example(name: str) -> Example:
+    if name not in EXAMPLES:
+        raise HwpruneError(f"unknown example '{name}'; choose one of: {', '.join(sorted(EXAMPLES))}")
+    return EXAMPLES[name]
+
+
+
+
+
+
+
+
+
+
+def trained_example(name: str, progress: bool = True) -> nn.Module:
+    """The example's dense model, trained once and cached under the hwprune cache directory."""
+    from hwprune.export.model import load, save_model
+    from hwprune.hardware.table import default_cache_dir
+
+    ex = get_example(name)
+    tag = hashlib.sha1(json.dumps([name, ex.epochs, ex.data, "v1"]).encode()).hexdigest()[:8]
+    path = default_cache_dir() / "examples" / f"{name}-{tag}"
+    if (path / "spec.json").exists():
+        try:
+            return load(path)
+        except HwpruneError:
+            pass  # a damaged cache entry is rebuilt below
+    data = get_dataset(ex.data)
+    model = train(ex.build(), data, ex.epochs, desc=f"training dense {name}", progress=progress)
+    save_model(model, path, {"kind": "example", "name": name})
+    return model
