@@ -49,15 +49,17 @@ def test_mckp_never_exceeds_budget_with_coarse_bins():
         assert sum(costs[k][j] for k, j in enumerate(picks)) <= budget + 1e-12
 
 
-def _synthetic_problem(model_fn, seed=0):
-    """A cost model whose 'measured' curves are bilinear in the widths: latency = in * out * 1e-6."""
+def _synthetic_problem(model_fn, seed=0, scale=None):
+    """A cost model whose 'measured' curves are bilinear in the widths: latency = in * out * 1e-6 (times
+    `scale[layer name]` where given)."""
     model, x = model_fn()
     analysis = analyze(model, x)
     curves = {}
     for la in analysis.layers:
         ins = sorted({1, la.in_channels})
         outs = sorted({1, la.out_channels})
-        grid = np.array([[i * o * 1e-6 for o in outs] for i in ins])
+        k = (scale or {}).get(la.name, 1.0)
+        grid = np.array([[k * i * o * 1e-6 for o in outs] for i in ins])
         curves[la.name] = LayerCurve(ins, outs, grid, depthwise=la.depthwise)
     cost = CostModel(analysis, curves)
     rng = np.random.default_rng(seed)
@@ -98,12 +100,17 @@ def test_hw_allocator_is_optimal_on_small_instance(seed, frac):
 
 
 def test_hw_beats_uniform_when_one_group_is_cheap():
-    problem = _synthetic_problem(tiny_cnn)
+    # Every layer but the first costs a tenth as much per channel: hw keeps those wide, uniform cannot.
+    model, x = tiny_cnn()
+    first = analyze(model, x).layers[0].name
+    cheap = {la.name: 0.1 for la in analyze(model, x).layers if la.name != first}
+    problem = _synthetic_problem(tiny_cnn, scale=cheap)
     dense = problem.cost.predict(problem.cost.dense_widths())
     hw = ALLOCATORS["hw"](problem, 0.5 * dense)
     uni = ALLOCATORS["uniform"](problem, 0.5 * dense)
     value = lambda w: sum(problem.value(g, w[g]) for g in w)  # noqa: E731
-    assert value(hw) >= value(uni)
+    assert problem.cost.predict(hw) <= 0.5 * dense
+    assert value(hw) > 1.05 * value(uni), (hw, uni)
 
 
 @pytest.mark.parametrize("model_fn", [tiny_cnn, tiny_resnet])

@@ -1,5 +1,5 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception type the CLI turns into a one-line message and exit code 2."""
 
 
-class HwpruneError(Exception):
-    """A user-facing error: the message says what to fix."""
+class HwpruneError(ValueError):
+    """A user-facing error: the message says what to fix (a ValueError, as bad arguments are)."""

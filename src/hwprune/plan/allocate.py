@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.registry import Registry
 from hwprune.cost.model import CostModel
 
 
@@ -40,21 +41,10 @@ class Problem:
         return {g: c[0] for g, c in self.candidates.items()}
 
 
-ALLOCATORS: dict[str, Callable[[Problem, float], dict[str, int]]] = {}
-
-
-def register_allocator(name: str):
-    def wrap(fn):
-        ALLOCATORS[name] = fn
-        return fn
-
-    return wrap
-
-
-def get_allocator(name: str):
-    if name not in ALLOCATORS:
-        raise HwpruneError(f"unknown allocator '{name}'; choose one of: {', '.join(sorted(ALLOCATORS))}")
-    return ALLOCATORS[name]
+#: An allocator maps (problem, latency aim) to a width per group.
+ALLOCATORS: Registry[Callable[[Problem, float], dict[str, int]]] = Registry("allocator", "--allocator")
+register_allocator = ALLOCATORS.register
+get_allocator = ALLOCATORS.get
 
 
 def mckp(values: list[np.ndarray], costs: list[np.ndarray], budget: float, bins: int = 4000) -> list[int] | None:

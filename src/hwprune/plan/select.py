@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,21 +31,24 @@ class Selection:
     description: str
 
 
-SELECTIONS: dict[str, Selection] = {}
+#: Score rules; `budget` (the hardware allocator) and `hierarchical` (levels of ratio rules) are methods of
+#: the pipeline, registered here with no rule so that one registry lists and checks every selection.
+SELECTIONS: Registry[Selection | None] = Registry("selection", "--selection")
 
 
 def register_selection(name: str, description: str):
     def wrap(fn):
-        SELECTIONS[name] = Selection(name, fn, description)
+        SELECTIONS.register(name, Selection(name, fn, description), description)
         return fn
 
     return wrap
 
 
-def get_selection(name: str) -> Selection:
-    if name not in SELECTIONS and name not in ("budget", "hierarchical"):
-        names = sorted([*SELECTIONS, "budget", "hierarchical"])
-        raise HwpruneError(f"unknown selection '{name}'; choose one of: {', '.join(names)}")
+SELECTIONS.register("budget", None, "the hardware allocator: widths that keep the most importance within the --budget on --target")
+SELECTIONS.register("hierarchical", None, "blocks first, then channels, then weights within what remains (each by --sparsity)")
+
+
+def get_selection(name: str) -> Selection | None:
     return SELECTIONS.get(name)
 
 
@@ -109,9 +113,4 @@ def select(name: str, scores: dict[str, np.ndarray], **kwargs) -> dict[str, np.n
 
 
 def list_selections() -> list[tuple[str, str]]:
-    rows = [(s.name, s.description) for s in SELECTIONS.values()]
-    rows += [
-        ("budget", "the hardware allocator: widths that keep the most importance within the --budget on --target"),
-        ("hierarchical", "blocks first, then channels, then weights within what remains (each by --sparsity)"),
-    ]
-    return sorted(rows)
+    return sorted((name, SELECTIONS.describe(name)) for name in SELECTIONS)
