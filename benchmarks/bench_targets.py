@@ -112,7 +112,7 @@ def main() -> None:
         f"# One model, {len(a.targets)} targets, budget {a.budget}\n\n"
         f"`{a.model}` at batch {a.batch_size}, criterion l1, allocator hw; each target's budget is relative to its "
         f"own dense latency. {distinct} distinct plans from {len(a.targets)} targets. Simulated targets are "
-        "the analytical models of `hwprune.hardware.simulate` (deterministic); `cpu` is measured on this machine "
+        "the analytical models of `hwprune.hardware.sim` (deterministic); `cpu` is measured on this machine "
         f"({reports.get('cpu', next(iter(reports.values())))['fingerprint'].get('cpu')}).\n\n"
         "Command: `python benchmarks/bench_targets.py "
         + " ".join(sys.argv[1:])

@@ -11,10 +11,11 @@ import pytest
 
 import hwprune.cli.profile as profile_mod
 from hwprune.cli.main import build_parser, main
-from hwprune.cli.profile import FORMAT, build_profile, export_profile, import_profile, read_profile_file
+from hwprune.cli.profile import build_profile
 from hwprune.core.errors import HwpruneError
 from hwprune.hardware import table as table_mod
 from hwprune.hardware.table import SCHEMA_VERSION, Entry, LatencyCache
+from hwprune.hardware.table_io import FORMAT, export_profile, import_profile, read_profile_file
 
 FP = {"cpu": "test", "threads": 1, "torch": "x", "dtype": "float32", "runtime": "formula"}
 

@@ -8,12 +8,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
+from hwprune.cli.profile import calibration_layers
 from hwprune.core.errors import HwpruneError
-from hwprune.hardware.simulate import (
+from hwprune.hardware.sim import (
     OpModel,
     SimulatedTarget,
     calibrate,
-    calibration_layers,
     catalog_paths,
     load_spec,
     parse_spec,

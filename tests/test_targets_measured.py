@@ -228,7 +228,8 @@ def test_cpu_ort_in_graph_times_match_every_layer_of_a_tiny_resnet():
 
 def test_ratio_of_an_interleaved_measurement_pairs_each_round():
     """Per-round ratios cancel drift that moves both models' medians; without rounds, medians are used."""
-    from hwprune.hardware.timing import Timing, _summary, ratio, time_interleaved
+    from hwprune.hardware.timing import Timing, ratio, time_interleaved
+    from hwprune.hardware.timing import summary as _summary
 
     # The machine slows 3x halfway through: B is always half of A in its own round, but the medians of
     # unequal-length phases would not say so.

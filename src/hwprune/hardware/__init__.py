@@ -1,1 +1,1 @@
-"""Targets, measured latency tables and the hardware fingerprint."""
+"""Targets (measured: cpu, cpu-ort, cuda; simulated: sim/), measured latency tables and their files, the fingerprint."""

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
-from hwprune.hardware.fingerprint import _cpu_model, fingerprint_key
+from hwprune.hardware.fingerprint import cpu_model, fingerprint_key
 from hwprune.hardware.targets import register_target
-from hwprune.hardware.timing import FAST_PROTOCOL, Timing, TimingProtocol, _summary
+from hwprune.hardware.timing import FAST_PROTOCOL, Timing, TimingProtocol, summary
 
 #: One table entry: a layer runs in 10-500 us on a data-centre GPU and event timings of one kernel
 #: vary by a few percent, so 25 calls (at most ~12 ms) are enough; the warm-up covers cuDNN's per-shape
@@ -63,7 +63,7 @@ def time_interleaved_cuda(fns: Sequence[Callable[[], object]], protocol: TimingP
                 end.record()
                 end.synchronize()
                 samples[i].append(begin.elapsed_time(end) * 1e-3)  # elapsed_time is in ms
-    return [_summary(s) for s in samples]
+    return [summary(s) for s in samples]
 
 
 @lru_cache(maxsize=1)
@@ -176,7 +176,7 @@ class CudaTarget:
             "tf32": self.tf32,
             "cudnn_benchmark": self.cudnn_benchmark,
             # Eager launches are issued by the host: at batch 1 the CPU's speed is part of the latency.
-            "host_cpu": _cpu_model(),
+            "host_cpu": cpu_model(),
             "threads": self.threads,
         }
 

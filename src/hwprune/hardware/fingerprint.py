@@ -8,9 +8,11 @@ import os
 import platform
 from functools import lru_cache
 
+import torch
+
 
 @lru_cache(maxsize=1)
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -47,10 +49,8 @@ def physical_cores() -> int:
 
 def fingerprint(threads: int, dtype: str = "float32", runtime: str = "torch-eager") -> dict:
     """What a latency figure depends on, apart from the layer itself."""
-    import torch
-
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "physical_cores": physical_cores(),

@@ -56,7 +56,9 @@ def _input_arrays(inputs) -> dict[str, np.ndarray]:
     """The inputs as numpy arrays by ONNX input name, converted once (outside every timed region)."""
     args, kwargs = _as_args(inputs)
     values = list(kwargs.values()) if kwargs else list(args)
-    return {n: np.ascontiguousarray(v.detach().cpu().numpy()) for n, v in zip(_input_names(inputs), values)}
+    return {
+        n: np.ascontiguousarray(v.detach().cpu().numpy()) for n, v in zip(_input_names(inputs), values, strict=True)
+    }
 
 
 def _export(model: nn.Module, inputs, f) -> None:
@@ -259,7 +261,7 @@ def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> li
         if not ins or not outs:
             continue
         shape_in, shape_out = next(iter(ins[0].values())), next(iter(outs[0].values()))
-        durs, shares = zip(*times)
+        durs, shares = zip(*times, strict=True)
         seconds = float(np.median(durs)) * 1e-6  # the profiler's unit is us
         out.append(NodeTime(args["op_name"], tuple(shape_in), tuple(shape_out), seconds, float(np.median(shares))))
     return out

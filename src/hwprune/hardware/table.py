@@ -131,7 +131,9 @@ class LatencyCache:
         try:
             self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         except sqlite3.Error as e:
-            raise HwpruneError(f"cannot open latency cache {self.path} ({e}); check the path and its permissions")
+            raise HwpruneError(
+                f"cannot open latency cache {self.path} ({e}); check the path and its permissions"
+            ) from None
         try:
             self._retry(self._init_schema)
         except HwpruneError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -31,7 +33,7 @@ TARGETS: dict[str, type] = {}
 #: each takes the name and returns a factory (called with the target kwargs) or None if the name is not its.
 RESOLVERS: list[Callable[[str], Callable[..., object] | None]] = []
 #: Modules that register targets when imported; imported lazily so `import hwprune` stays light.
-_BUILTIN_MODULES = ("hwprune.hardware.ort", "hwprune.hardware.cuda", "hwprune.hardware.simulate")
+_BUILTIN_MODULES = ("hwprune.hardware.ort", "hwprune.hardware.cuda", "hwprune.hardware.sim")
 
 
 def register_target(name: str):
@@ -49,13 +51,10 @@ def register_resolver(fn: Callable[[str], Callable[..., object] | None]):
 
 
 def _load_builtins() -> None:
-    import importlib
-
     for mod in _BUILTIN_MODULES:
-        try:
+        # An optional dependency (e.g. onnxruntime) is missing: that target is simply not offered.
+        with contextlib.suppress(ModuleNotFoundError):
             importlib.import_module(mod)
-        except ModuleNotFoundError:
-            pass  # an optional dependency (e.g. onnxruntime) is missing: that target is simply not offered
 
 
 def list_targets() -> list[tuple[str, str]]:

@@ -72,7 +72,8 @@ def ratio(a: Timing, b: Timing) -> float:
     return a.median / b.median
 
 
-def _summary(samples: Sequence[float]) -> Timing:
+def summary(samples: Sequence[float]) -> Timing:
+    """A Timing (median, quartiles, the samples in order) of timed calls, seconds."""
     a = np.asarray(samples)
     q1, med, q3 = np.percentile(a, [25, 50, 75])
     return Timing(float(med), float(q1), float(q3), len(a), tuple(float(v) for v in a))
@@ -96,4 +97,4 @@ def time_interleaved(fns: Sequence[Callable[[], object]], protocol: TimingProtoc
                 t0 = time.perf_counter()
                 fn()
                 samples[i].append(time.perf_counter() - t0)
-    return [_summary(s) for s in samples]
+    return [summary(s) for s in samples]
