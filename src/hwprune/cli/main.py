@@ -6,12 +6,225 @@ import argparse
 import sys
 import time
 
-from hwprune.cli.prune import SHARED, add_config_options, add_model_args, cmd_demo, cmd_prune, prune_args
 from hwprune.core.errors import HwpruneError
+
+DEMO_BATCH = 64
+DEMO_FINETUNE_EPOCHS = 4
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from hwprune.zoo.specs import SPEC_HELP
+
+    p.add_argument("--model", default=None, help=f"model spec: {SPEC_HELP}")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the input the latency is measured at")
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        help="one sample's shape, e.g. 3x224x224 (default: 3x224x224 for torchvision, the data's shape for examples)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--target", default="cpu", help="where latency is measured (default: cpu, this machine's CPU)")
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="YAML file setting any of these options (keys as the flag names: criterion, granularity, selection, "
+        "schedule, budget, finetune-epochs, data, ...); flags given on the command line win",
+    )
+    p.add_argument(
+        "--budget",
+        default=None,
+        help="what the pruned model must fit, comma-separated, all enforced: latency=0.5 (fraction of dense) or "
+        "latency=12ms; memory=8MB (weights + peak activation); energy=2mJ (simulated targets); params=1.5M; "
+        "macs=300M; memory/energy/params/macs also take a fraction of dense (memory=0.5). Default latency=0.5 "
+        "with --selection budget; with other selections a budget is only checked and reported",
+    )
+    p.add_argument(
+        "--criterion",
+        default=None,
+        help="importance criterion: l1, l2, redundancy, gradient, taylor, activation, apoz, loss-change, hessian, "
+        "wanda, random (default: taylor with --data, else l1); `hwprune methods` describes each",
+    )
+    p.add_argument(
+        "--criterion-param",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a criterion parameter, e.g. lambda=0.5 for redundancy (repeatable)",
+    )
+    p.add_argument(
+        "--granularity",
+        default="channel",
+        help="what is removed: channel, head, block (physically removed); unstructured, N:M (e.g. 2:4), "
+        "block-sparse (e.g. block4x1, block8x8) (weights masked, saved compressed)",
+    )
+    p.add_argument(
+        "--selection",
+        default="budget",
+        help="which units go: budget (hardware allocator, the default), ratio (--sparsity), threshold "
+        "(--threshold), mean-threshold, hierarchical (blocks, then channels, then weights)",
+    )
+    p.add_argument(
+        "--sparsity", type=float, default=None, help="fraction of units (of weights at weight level) to remove"
+    )
+    p.add_argument("--scope", default="layer", help="ratio per layer (layer) or over the whole model (global)")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (threshold, threshold-decay)")
+    p.add_argument(
+        "--schedule",
+        default="one-shot",
+        help="one-shot, iterative (--rounds of prune -> fine-tune), gradual (cubic ramp, Zhu & Gupta 2017), "
+        "threshold-decay (threshold x --decay per round)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="rounds of iterative / gradual / threshold-decay (default 3)")
+    p.add_argument("--decay", type=float, default=0.5, help="threshold-decay: factor per round (default 0.5)")
+    p.add_argument("--cache", default=None, help="latency table file (default: ~/.cache/hwprune/latency.sqlite)")
+    p.add_argument(
+        "--allocator",
+        default="hw",
+        help="hw (measured-latency knapsack), uniform (one ratio), global (one importance threshold)",
+    )
+    p.add_argument(
+        "--value",
+        default="auto",
+        help="what --allocator hw maximises: sensitivity (measured loss rise "
+        "per group width; default with --data) or scores (sum of kept scores)",
+    )
+    p.add_argument(
+        "--trust",
+        type=float,
+        default=None,
+        help="--allocator hw keeps each group's width within [T, 1/T] x the uniform plan's at the same budget "
+        "(default 0.75 when fine-tuning, else 0: anywhere; 1 is the uniform plan)",
+    )
+    p.add_argument("--data", default=None, help="data set for calibration, fine-tuning and accuracy: mnist1d, digits")
+    p.add_argument(
+        "--finetune-epochs", type=int, default=0, help="epochs of fine-tuning with distillation (needs --data)"
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--min-keep", type=float, default=0.1, help="never keep less than this fraction of a group")
+    p.add_argument("--max-iters", type=int, default=8, help="closed-loop iterations (allocate, measure, correct)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or loop log, only the final table")
+    p.add_argument("--out", default=None, help="output directory (model/, plan.json, report.json, report.md)")
+
+
+def _criterion_params(items: list[str] | dict | None) -> dict | None:
+    if not items:
+        return None
+    if isinstance(items, dict):
+        return dict(items)
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise HwpruneError(f"--criterion-param {item!r}: expected KEY=VALUE, e.g. lambda=0.5")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise HwpruneError(f"--criterion-param {item!r}: the value must be a number") from None
+    return out
+
+
+def _config(a: argparse.Namespace):
+    """PruneConfig from the parsed flags: every flag whose name is a config field (one place to add a flag)."""
+    from dataclasses import fields
+
+    from hwprune.pipeline.prune import PruneConfig
+
+    names = {f.name for f in fields(PruneConfig)}
+    values = {k: v for k, v in vars(a).items() if k in names}
+    values["criterion_params"] = _criterion_params(getattr(a, "criterion_param", None))
+    return PruneConfig(**values)
+
+
+def apply_recipe(a: argparse.Namespace, path: str) -> argparse.Namespace:
+    """Fill every option the command line left at its default from the recipe YAML at `path`."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(open(path))
+    except OSError as e:
+        raise HwpruneError(f"--recipe {path}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise HwpruneError(f"--recipe {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise HwpruneError(f"--recipe {path}: expected a mapping of options (criterion: taylor, ...)")
+    parser = build_parser()
+    defaults = vars(parser.parse_args(["prune"]))
+    out = vars(a).copy()
+    for key, value in recipe.items():
+        dest = str(key).replace("-", "_")
+        if dest == "finetune" and isinstance(value, dict):  # finetune: {epochs: 4, lr: 0.001}
+            for k, v in value.items():
+                out_key = {"epochs": "finetune_epochs"}.get(k, k)
+                if out_key not in defaults:
+                    raise HwpruneError(f"--recipe {path}: unknown fine-tuning option '{k}' (use epochs, lr)")
+                if out[out_key] == defaults[out_key]:
+                    out[out_key] = v
+            continue
+        if dest == "criterion_params":
+            dest = "criterion_param"
+            value = [f"{k}={v}" for k, v in (value or {}).items()]
+        if dest == "budget" and isinstance(value, dict):  # budget: {latency: 0.5, memory: 8MB}
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        if dest not in defaults or dest in ("command", "fn", "recipe"):
+            known = sorted(k.replace("_", "-") for k in defaults if k not in ("command", "fn", "recipe"))
+            raise HwpruneError(f"--recipe {path}: unknown option '{key}'; options are: {', '.join(known)}")
+        if out[dest] == defaults[dest]:
+            out[dest] = str(value) if dest in ("budget", "granularity", "model") else value
+    return argparse.Namespace(**out)
+
 
 def _need_model(a: argparse.Namespace) -> None:
     if not a.model:
         raise HwpruneError(f"--model is required for `hwprune {a.command}`")
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    from hwprune.pipeline.prune import prune
+    from hwprune.report.files import budget_lines, prepare_out, text_table, write_outputs
+
+    if getattr(a, "recipe", None):
+        a = apply_recipe(a, a.recipe)
+    if not a.model:
+        raise HwpruneError("--model is required (or set model: in the --recipe)")
+    if not a.out:
+        raise HwpruneError("--out is required (or set out: in the --recipe)")
+    prepare_out(a.out)
+    cfg = _config(a)
+    result = prune(cfg, progress=not getattr(a, "quiet", False))
+    out = write_outputs(a.out, result)
+    print()
+    print(text_table(result.report))
+    r = result.report
+    print()
+    if r["predicted_latency_ms"] is not None:
+        print(
+            f"predicted {r['predicted_latency_ms']:.3f} ms, measured {r['measured_latency_ms']:.3f} ms "
+            f"({100 * r['prediction_error']:+.1f}%)"
+        )
+    print("\n".join(line.replace("**", "").replace("`", "").lstrip("- ") for line in budget_lines(r)))
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+    print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
+    return 0 if r["budget"]["met"] else 1
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """MNIST-1D: train a wide 1-D CNN, prune it to 50% of its measured latency here, fine-tune, report."""
+    ns = build_parser().parse_args(
+        ["prune", "--model", "example:mnist1d", "--budget", "latency=0.5", "--batch-size", str(DEMO_BATCH)]
+        + ["--criterion", "taylor", "--data", "mnist1d", "--finetune-epochs", str(DEMO_FINETUNE_EPOCHS)]
+        + ["--out", a.out]
+    )
+    print(f"hwprune demo: MNIST-1D, 1-D CNN, batch {DEMO_BATCH}, budget 50% of dense latency on this CPU")
+    t0 = time.perf_counter()
+    rc = cmd_prune(ns)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return rc
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -257,27 +470,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="hwprune-demo", help="output directory (default: ./hwprune-demo)")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("prune", help="prune a model to a budget on a target, or by any method (see `methods`)")
-    prune_args(p)
+    _prune_args(p)
     p.set_defaults(fn=cmd_prune)
     p = sub.add_parser("bench", help="measure a model's latency on a target (default: this CPU)")
-    add_model_args(p)
-    add_config_options(p, only=SHARED)
+    _add_model_args(p)
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("targets", help="list the targets latency can be measured on (--target NAME)")
     p.set_defaults(fn=cmd_targets)
     p = sub.add_parser("methods", help="list every criterion, granularity, selection rule and schedule")
     p.set_defaults(fn=cmd_methods)
     p = sub.add_parser("validate", help="predicted vs measured latency, per layer and whole model, on a target")
-    add_model_args(p)
-    add_config_options(p, only=SHARED)
+    _add_model_args(p)
     p.add_argument("--cache", default=None, help="latency table file (default: ~/.cache/hwprune/latency.sqlite)")
     p.set_defaults(fn=cmd_validate)
     p = sub.add_parser(
         "calibrate", help="fit a simulated spec's efficiency, bandwidth and overhead to a measured target"
     )
     p.add_argument("--spec", required=True, help="catalog name (e.g. rpi5, see `hwprune targets`) or a spec .yaml")
-    add_model_args(p)
-    add_config_options(p, only=SHARED)
+    _add_model_args(p)
     p.add_argument("--max-layers", type=int, default=40, help="layers (at several widths) to measure (default 40)")
     p.add_argument("--out", default=None, help="write the fitted spec here (a .yaml usable as --target)")
     p.set_defaults(fn=cmd_calibrate)
