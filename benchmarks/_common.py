@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 def run(cfg_kwargs: dict, progress: bool = False) -> dict:
-    from hwprune.pipeline.prune import PruneConfig, prune
+    from hwprune.cli.run import run_options
 
     t0 = time.perf_counter()
-    result = prune(PruneConfig(**cfg_kwargs), progress=progress)
+    result = run_options(cfg_kwargs, progress=progress)
     r = result.report
     r["wall_s"] = time.perf_counter() - t0
     return r

@@ -46,7 +46,7 @@ def criteria_table(a) -> str:
     from hwprune.evaluate.metrics import accuracy
     from hwprune.finetune.train import epoch_batches, train_steps
     from hwprune.groups.analysis import analyze
-    from hwprune.importance.criteria import compute_scores, normalized
+    from hwprune.importance import compute_scores, normalized
     from hwprune.plan.plan import make_plan
     from hwprune.plan.select import select
     from hwprune.zoo.datasets import get_dataset

@@ -70,25 +70,26 @@ def model_spec(name: str) -> tuple[str, str | None]:
 def run_case(name: str, batch: int, target_name: str) -> dict:
     from hwprune.evaluate.validate import validate
     from hwprune.hardware.targets import get_target
-    from hwprune.pipeline.prune import PruneConfig, prune
+    from hwprune.cli.run import prune_spec
+    from hwprune.pipeline.config import PruneConfig
+    from hwprune.zoo.specs import resolve
 
     spec, shape = model_spec(name)
     t0 = time.perf_counter()
-    cfg = PruneConfig(
-        model=spec, budget="latency=0.5", batch_size=batch, input_shape=shape, target=target_name, finetune_epochs=0
-    )
-    result = prune(cfg, progress=False)
+    cfg = PruneConfig.from_dict({"budget": "latency=0.5", "target": target_name, "finetune_epochs": 0})
+    result = prune_spec(spec, batch_size=batch, input_shape=shape, config=cfg, progress=False)
+    example = resolve(spec, batch, shape, False).example_inputs
     r = result.report
     # The same target settings and cache as the pipeline: the table is read back, not measured again.
-    target = get_target(target_name, threads=cfg.threads)
+    target = get_target(target_name, threads=cfg.target.threads)
     rep = validate(
         result.dense,
-        result.resolved.example_inputs,
+        example,
         target,
-        cache=cfg.cache,
+        cache=cfg.target.cache,
         widths=result.plan.widths(),
         pruned=result.model,
-        min_keep=cfg.min_keep,
+        min_keep=cfg.loop.min_keep,
     )
     dense, pruned = rep.models
     return {

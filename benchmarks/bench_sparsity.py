@@ -42,11 +42,12 @@ ROWS = {
 
 
 def main() -> None:
-    from hwprune.apply.sparsity import WeightPruneConfig, get_masks, prune_weights, sparsity_of
+    from hwprune.apply.masks import get_masks, sparsity_of
     from hwprune.core.data import Dataset
     from hwprune.evaluate.metrics import accuracy
     from hwprune.export.model import save_model
     from hwprune.export.sparse import directory_bytes
+    from hwprune.finetune.weights import WeightPruneConfig, prune_weights
     from hwprune.zoo.datasets import get_dataset
     from hwprune.zoo.examples import trained_example
 

@@ -20,7 +20,8 @@ import torch
 import torchvision
 from _common import table
 
-from hwprune.apply.granularity import convert_attention, prune_blocks, prune_heads
+from hwprune.apply.blocks import prune_blocks
+from hwprune.apply.heads import convert_attention, prune_heads
 from hwprune.hardware.targets import get_target
 
 

@@ -40,7 +40,8 @@ def main() -> None:
     from hwprune.groups.analysis import analyze
     from hwprune.hardware.table import LatencyCache
     from hwprune.hardware.targets import get_target
-    from hwprune.pipeline.prune import PruneConfig, prune
+    from hwprune.cli.run import prune_spec
+    from hwprune.pipeline.config import PruneConfig
     from hwprune.zoo.specs import resolve
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,8 +54,8 @@ def main() -> None:
 
     reports, why, share = {}, {}, {}
     for t in a.targets:
-        cfg = PruneConfig(model=a.model, budget=a.budget, batch_size=a.batch_size, target=t, criterion="l1")
-        r = prune(cfg, progress=False).report
+        cfg = PruneConfig.from_dict({"budget": a.budget, "target": t, "criterion": "l1"})
+        r = prune_spec(a.model, batch_size=a.batch_size, config=cfg, progress=False).report
         reports[t] = r
         print(
             f"{t}: pruned/dense {r['latency_ratio']:.3f}, budget {'met' if r['budget']['met'] else 'NOT met'}",
@@ -62,9 +63,9 @@ def main() -> None:
         )
         # The staircase of every group on this target, from its (cached) table.
         resolved = resolve(a.model, a.batch_size, None, False)
-        analysis = analyze(resolved.model, resolved.example_inputs, cfg.min_keep)
+        analysis = analyze(resolved.model, resolved.example_inputs, cfg.loop.min_keep)
         target = get_target(t)
-        cost = CostModel(analysis, Profiler(target, LatencyCache(cfg.cache), progress=False).build(analysis))
+        cost = CostModel(analysis, Profiler(target, LatencyCache(cfg.target.cache), progress=False).build(analysis))
         dense = cost.dense_widths()
         why[t], share[t] = {}, {}
         full = cost.layer_sum(dense)

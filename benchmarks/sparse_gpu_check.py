@@ -106,7 +106,8 @@ def main() -> int:
         print(f"sparse_gpu_check: {name} is compute capability {major}.{minor}; 2:4 kernels need 8.0+ (Ampere+)")
         return 1
 
-    from hwprune.apply.sparsity import apply_masks, check_nm, compute_masks, remove_masks, to_semi_structured
+    from hwprune.apply.masks import apply_masks, check_nm, compute_masks, remove_masks
+    from hwprune.apply.semistructured import to_semi_structured
     from hwprune.core.errors import HwpruneError
 
     if a.backend == "cutlass":

@@ -58,7 +58,7 @@ def test_param_and_mac_curves_are_exact(tiny_file):
         # A narrower plan: the per-layer curves are bilinear in (in, out), so the prediction is exact when
         # nothing but the conv/linear layers changes (an MLP without norms).
         from hwprune.apply.channels import apply_plan
-        from hwprune.importance.criteria import compute_scores
+        from hwprune.importance import compute_scores
         from hwprune.plan.plan import make_plan
 
         widths = {g.id: g.candidates[len(g.candidates) // 3] for g in analysis.groups}

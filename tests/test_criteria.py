@@ -11,7 +11,7 @@ from tiny_models import tiny_cnn, tiny_resnet
 
 from hwprune.core.errors import HwpruneError
 from hwprune.groups.analysis import analyze
-from hwprune.importance.criteria import CRITERIA, WEIGHT, compute_scores, list_criteria, weight_scores
+from hwprune.importance import CRITERIA, WEIGHT, compute_scores, list_criteria, weight_scores
 
 
 class TwoLayer(nn.Module):

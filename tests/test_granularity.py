@@ -9,21 +9,12 @@ import torch.nn as nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.vision_transformer import VisionTransformer
 
-from hwprune.apply.granularity import (
-    HeadPrunedAttention,
-    block_criteria,
-    find_blocks,
-    find_heads,
-    prune_blocks,
-    prune_heads,
-    remove_heads,
-    score_blocks,
-    score_heads,
-    select_heads,
-)
+from hwprune.apply.blocks import block_criteria, find_blocks, prune_blocks, score_blocks
+from hwprune.apply.heads import HeadPrunedAttention, find_heads, prune_heads, remove_heads, score_heads, select_heads
 from hwprune.core.errors import HwpruneError
-from hwprune.export.model import load, save_model
-from hwprune.importance.criteria import CRITERIA, HEAD
+from hwprune.export.model import save_model
+from hwprune.zoo.specs import load_saved as load
+from hwprune.importance import CRITERIA, HEAD, list_criteria
 
 
 class TinyAttention(nn.Module):
@@ -202,6 +193,22 @@ def test_remove_heads_refuses_to_remove_every_head():
         remove_heads(model, {"attn.0": [0, 1, 2, 3]})
     with pytest.raises(HwpruneError, match="not an attention"):
         remove_heads(model, {"fc": [0]})
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_score_heads_takes_exactly_the_criteria_listed_for_heads(criterion):
+    """`hwprune methods` lists each criterion's granularities (`list_criteria`): score_heads takes every
+    criterion listed for heads and refuses every other one."""
+    listed = {name for name, _, granularities in list_criteria() if HEAD in granularities}
+    assert listed and set(CRITERIA) - listed  # both sides are exercised
+    model, x = tiny_vit()
+    if criterion in listed:
+        scores = score_heads(model, x, criterion)
+        assert sorted(scores) == [a.name for a in find_heads(model)]
+        assert all(s.shape == (4,) and torch.isfinite(s).all() for s in scores.values())
+    else:
+        with pytest.raises(HwpruneError, match="does not score heads"):
+            score_heads(model, x, criterion)
 
 
 # ----------------------------------------------------------------------------------------------- blocks

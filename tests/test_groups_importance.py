@@ -4,7 +4,7 @@ import torch
 from tiny_models import tiny_cnn, tiny_resnet
 
 from hwprune.groups.analysis import analyze, candidate_widths
-from hwprune.importance.criteria import CRITERIA, compute_scores, normalized
+from hwprune.importance import CRITERIA, compute_scores, normalized
 
 
 def test_groups_of_a_plain_cnn_and_output_layer_is_kept():

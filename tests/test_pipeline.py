@@ -60,7 +60,7 @@ def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_fil
 
     # The same --out is overwritten as a whole (it is an hwprune output).
     assert prune_mlp(tiny_file, out, allocator="global") == 0
-    assert json.loads((out / "report.json").read_text())["settings"]["allocator"] == "global"
+    assert json.loads((out / "report.json").read_text())["settings"]["loop"]["allocator"] == "global"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 

@@ -8,27 +8,25 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hwprune.apply.sparsity import (
-    WeightPruneConfig,
+from hwprune.apply.masks import (
     apply_masks,
     check_blocks,
     check_nm,
     compute_masks,
     get_masks,
-    gradual_sparsity,
-    iterative_targets,
     parse_pattern,
     prunable_layers,
-    prune_weights,
     remove_masks,
     sparsity_of,
-    to_semi_structured,
 )
+from hwprune.apply.semistructured import to_semi_structured
 from hwprune.core.data import Dataset
 from hwprune.core.errors import HwpruneError
-from hwprune.export.model import load, save_model
+from hwprune.export.model import save_model
+from hwprune.zoo.specs import load_saved as load
 from hwprune.export.sparse import decode, directory_bytes, encode, encoded_sizes
 from hwprune.finetune.train import train_steps
+from hwprune.finetune.weights import WeightPruneConfig, gradual_sparsity, iterative_targets, prune_weights
 
 MLP_SOURCE = """
 import torch.nn as nn

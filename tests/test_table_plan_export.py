@@ -13,7 +13,7 @@ from hwprune.export.model import save_model
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
-from hwprune.importance.criteria import compute_scores
+from hwprune.importance import compute_scores
 from hwprune.plan.plan import GroupPlan, Plan, make_plan
 
 

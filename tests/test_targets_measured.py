@@ -189,13 +189,13 @@ def test_validate_on_cpu_ort_runs():
 
 
 def test_prune_end_to_end_on_cpu_ort(tiny_file):
-    from hwprune.pipeline.prune import PruneConfig, prune
+    from hwprune.cli.run import run_options
 
     assert os.environ["HWPRUNE_TIMING"] == "fast"
     # An absolute budget far above the tiny model's latency: every plan fits, so the loop's path does not
     # depend on 3-call timing noise; two iterations exercise the measure-refit-retry path.
-    cfg = PruneConfig(model=f"{tiny_file}:tiny_resnet", budget="latency=1s", target="cpu-ort", threads=1, max_iters=2)
-    result = prune(cfg, progress=False)
+    cfg = dict(model=f"{tiny_file}:tiny_resnet", budget="latency=1s", target="cpu-ort", threads=1, max_iters=2)
+    result = run_options(cfg, progress=False)
     r = result.report
     assert r["budget"]["met"] and r["fingerprint"]["runtime"].startswith("onnxruntime")
     assert r["latency_table"]["entries_measured"] > 0 and len(r["loop"]) == 2

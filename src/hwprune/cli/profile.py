@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from hwprune.groups.analysis import analyze
 from hwprune.hardware.sim import calibration_layers_from
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
-from hwprune.pipeline.prune import PruneConfig
+from hwprune.pipeline.config import LoopConfig
 from hwprune.zoo.datasets import get_dataset
 from hwprune.zoo.examples import get_example
 from hwprune.zoo.specs import parse_shape, resolve
@@ -48,7 +48,7 @@ class ProfileResult:
 
 
 def _default_min_keep() -> float:
-    return next(f.default for f in fields(PruneConfig) if f.name == "min_keep")
+    return LoopConfig().min_keep
 
 
 def _architecture(spec: str, batch_size: int, input_shape: str | None, progress: bool):

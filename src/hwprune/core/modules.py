@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -10,7 +13,19 @@ def as_tuple(x) -> tuple[int, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block, its own train/eval mode restored after it."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def call(model: nn.Module, example_inputs):
+    """Call `model` on its inputs: a dict is passed as keywords, a tuple or list as positional arguments."""
     if isinstance(example_inputs, dict):
         return model(**example_inputs)
     if isinstance(example_inputs, (tuple, list)):
@@ -22,16 +37,12 @@ def run_hooked(model: nn.Module, example_inputs, modules, hook) -> object:
     """One no-grad, eval-mode forward pass with `hook` as a forward hook on each of `modules`; the hooks are
     removed and the model's train/eval mode restored afterwards. Returns the model's output."""
     handles = [m.register_forward_hook(hook) for m in modules]
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             return call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
-
 
 
 def size_bytes(model: nn.Module) -> int:
@@ -42,8 +53,6 @@ def size_bytes(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_inputs) -> int:
     """Multiply-accumulates of the conv, linear and attention layers in one forward pass on `example_inputs`
     (the whole batch). Normalisation, activations and adds are not MACs and are not counted."""
-    from hwprune.core.modules import run_hooked
-
     total = 0
 
     def hook(mod, args, out):
@@ -77,7 +86,10 @@ def count_macs(model: nn.Module, example_inputs) -> int:
     return total
 
 
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
     """MACs of one forward pass on `example_inputs` (whole batch, `count_macs`) and the parameter count."""
-    return count_macs(model, example_inputs), sum(p.numel() for p in model.parameters())
-
+    return count_macs(model, example_inputs), param_count(model)

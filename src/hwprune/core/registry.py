@@ -13,6 +13,8 @@ from typing import Generic, TypeVar
 from hwprune.core.errors import HwpruneError
 
 T = TypeVar("T")
+#: `register(name)` without an object returns a decorator.
+_DECORATOR = object()
 
 
 class Registry(Generic[T]):
@@ -29,8 +31,8 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
 
-    def register(self, name: str, obj: T | None = None, description: str = "") -> Callable[[T], T] | T:
-        """`registry.register("name", obj)`, or `@registry.register("name")` as a decorator."""
+    def register(self, name: str, obj: T | object = _DECORATOR, description: str = "") -> Callable[[T], T] | T:
+        """`registry.register("name", obj)` (obj may be None), or `@registry.register("name")` as a decorator."""
 
         def add(item: T) -> T:
             self._entries[name] = item
@@ -38,7 +40,7 @@ class Registry(Generic[T]):
             self._descriptions[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
             return item
 
-        return add if obj is None else add(obj)
+        return add if obj is _DECORATOR else add(obj)
 
     def get(self, name: str) -> T:
         if name not in self._entries:

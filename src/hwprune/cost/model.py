@@ -82,7 +82,7 @@ class Profiler:
     def _row(self, layer, c_in, outs, cands, refine: bool, dw: bool) -> tuple[list[int], list[float]]:
         pts = {o: self.entry(layer, o if dw else c_in, o) for o in outs}
         if refine:
-            stack = list(zip(outs[:-1], outs[1:]))
+            stack = list(zip(outs[:-1], outs[1:], strict=False))
             extra = 0
             while stack and extra < MAX_REFINE:
                 lo, hi = stack.pop(0)
@@ -225,14 +225,16 @@ class CostModel:
         self.base_curves = self.curves
         self.curves = {la.name: _WithWeights(self, la, self.base_curves[la.name]) for la in self.analysis.layers}
         self._measurements: list[tuple[dict[str, int], float]] = []
-        self._ratio_arrays = {name: tuple(np.array(axis) for axis in zip(*pts)) for name, pts in self.ratios.items()}
+        self._ratio_arrays = {
+            name: tuple(np.array(axis) for axis in zip(*pts, strict=False)) for name, pts in self.ratios.items()
+        }
 
     def dense_widths(self) -> dict[str, int]:
         return dict(self.sizes)
 
     def _widths_of(self, layer: LayerInfo, widths: dict[str, int]) -> tuple[int, int]:
         c_in = widths[layer.in_group] * layer.in_mult if layer.in_group in widths else layer.in_channels
-        c_out = widths[layer.out_group] if layer.out_group in widths else layer.out_channels
+        c_out = widths.get(layer.out_group, layer.out_channels)
         return c_in, c_out
 
     def layer_sum(self, widths: dict[str, int]) -> float:
@@ -283,7 +285,9 @@ class CostModel:
                 if table > 0:
                     pts = [p for p in self.ratios.get(la.name, []) if p[0] != table] + [(table, n.seconds / table)]
                     self.ratios[la.name] = sorted(pts)
-                    self._ratio_arrays[la.name] = tuple(np.array(axis) for axis in zip(*self.ratios[la.name]))
+                    self._ratio_arrays[la.name] = tuple(
+                        np.array(axis) for axis in zip(*self.ratios[la.name], strict=False)
+                    )
                     matched += 1
                 del free[i]
                 break
@@ -345,7 +349,7 @@ class CostModel:
             a = np.column_stack([np.ones(len(pts))] + [pts[:, c] for c in cols])
             coef, *_ = np.linalg.lstsq(a, res, rcond=None)
             full = [float(coef[0]), 0.0, 0.0, 0.0]
-            for c, v in zip(cols, coef[1:]):
+            for c, v in zip(cols, coef[1:], strict=False):
                 full[c + 1] = float(v)
             if full[3] <= -1.0:
                 continue  # a scale <= 0

@@ -153,7 +153,7 @@ def _check_widths(analysis: GroupAnalysis, widths: dict[str, int]) -> dict[str, 
 def _layer_widths(layer: LayerInfo, widths: dict[str, int]) -> tuple[int, int]:
     # As CostModel sees the layer: the input width is its group's width times the features per channel.
     c_in = widths[layer.in_group] * layer.in_mult if layer.in_group in widths else layer.in_channels
-    c_out = widths[layer.out_group] if layer.out_group in widths else layer.out_channels
+    c_out = widths.get(layer.out_group, layer.out_channels)
     return c_in, c_out
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from hwprune.apply.heads import HeadPrunedAttention
 from hwprune.core.errors import HwpruneError
+from hwprune.export.sparse import read_sparse, restore_masks, split_sparse
 
 FORMAT = "hwprune-model/1"
 SHAPE_ATTRS = (
@@ -90,8 +92,6 @@ def _replacement(kind: str, original: nn.Module) -> nn.Module:
     if kind == "identity":
         return nn.Identity()
     if kind == "attention-heads":
-        from hwprune.apply.granularity import HeadPrunedAttention
-
         return HeadPrunedAttention.from_module(original)
     raise HwpruneError(f"saved model replaces a module by unknown kind {kind!r}; is this hwprune too old?")
 
@@ -109,7 +109,6 @@ def _replace_modules(model: nn.Module, replaced: dict[str, str]) -> None:
 
 def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | None = None) -> None:
     """Write spec.json and model.safetensors into an existing directory."""
-    from hwprune.export.sparse import split_sparse
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     sparse = split_sparse(model, state, directory)  # masked weights go compressed to sparse.safetensors
@@ -123,8 +122,19 @@ def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | N
     (directory / "spec.json").write_text(json.dumps(spec, indent=1))
 
 
-def save_model(model: nn.Module, directory: str | Path, source: dict, extra: dict | None = None) -> Path:
-    """Write `directory/spec.json` and `directory/model.safetensors` atomically."""
+def object_source(model: nn.Module) -> dict:
+    """The source of a model passed in as an object: its class, so that a load can name what to pass."""
+    cls = type(model)
+    return {"kind": "object", "class": f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def save_model(model: nn.Module, directory: str | Path, source: dict | None = None, extra: dict | None = None) -> Path:
+    """Write `directory/spec.json` and `directory/model.safetensors` atomically.
+
+    `source` says how to rebuild the dense architecture (`{"kind": "torchvision", "name": "resnet18"}`);
+    without it the model's class is recorded and loading needs the dense architecture passed in.
+    """
+    source = source or object_source(model)
     with atomic_directory(directory) as tmp:
         write_model(model, tmp, source, extra)
     return Path(directory)
@@ -157,15 +167,19 @@ def _narrow(model: nn.Module, spec: dict, state: dict[str, torch.Tensor]) -> Non
         if pname in m._parameters and m._parameters[pname] is not None:
             if m._parameters[pname].shape != tensor.shape:
                 m._parameters[pname] = nn.Parameter(torch.empty_like(tensor), m._parameters[pname].requires_grad)
-        elif pname in m._buffers and m._buffers[pname] is not None:
-            if m._buffers[pname].shape != tensor.shape:
-                m._buffers[pname] = torch.empty_like(tensor)
+        elif m._buffers.get(pname) is not None and m._buffers[pname].shape != tensor.shape:
+            m._buffers[pname] = torch.empty_like(tensor)
 
 
-def load(directory: str | Path) -> nn.Module:
-    """Rebuild a model saved by `save_model` (or by `hwprune prune`'s `model/` output)."""
-    from hwprune.zoo.specs import build_source
+def load(
+    directory: str | Path, model: nn.Module | None = None, builder: Callable[[dict], nn.Module] | None = None
+) -> nn.Module:
+    """Rebuild a model saved by `save_model` (or by `hwprune prune`'s `model/` output).
 
+    The dense architecture comes from `model` (an instance of the class that was pruned, e.g. `MyNet()`;
+    narrowed in place) or from `builder(spec["source"])`; its modules are narrowed to the saved shapes and
+    the weights loaded strictly. No code from the directory runs.
+    """
     directory = Path(directory)
     spec = read_spec(directory)
     try:
@@ -174,11 +188,12 @@ def load(directory: str | Path) -> nn.Module:
         raise HwpruneError(f"cannot read weights in {directory}: {e}") from e
     masks = {}
     if spec.get("sparse"):  # masked weights saved compressed (sparse_io); older specs lack the key
-        from hwprune.export.sparse import read_sparse
-
         weights, masks = read_sparse(directory, spec["sparse"])
         state.update(weights)
-    model = build_source(spec["source"])
+    if model is None:
+        if builder is None:
+            raise HwpruneError(f"{directory}: pass the dense architecture to rebuild it (load(dir, model=...))")
+        model = builder(spec["source"])
     _replace_modules(model, spec.get("replaced", {}))
     _narrow(model, spec, state)
     try:
@@ -186,8 +201,6 @@ def load(directory: str | Path) -> nn.Module:
     except RuntimeError as e:
         raise HwpruneError(f"weights in {directory} do not fit the saved shapes: {str(e).splitlines()[0]}") from e
     if masks:
-        from hwprune.export.sparse import restore_masks
-
         restore_masks(model, masks, spec["sparse"])
     model.eval()
     return model

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from hwprune.apply.masks import apply_masks, masked_modules
 from hwprune.core.errors import HwpruneError
 
 SPARSE_FILE = "sparse.safetensors"
@@ -118,7 +119,6 @@ def split_sparse(model: nn.Module, state: dict[str, torch.Tensor], directory: Pa
 
     None (and `state` untouched) when the model has no masks.
     """
-    from hwprune.apply.sparsity import masked_modules
 
     masked = masked_modules(model)
     if not masked:
@@ -166,7 +166,6 @@ def read_sparse(directory: str | Path, entry: dict) -> tuple[dict[str, torch.Ten
 
 def restore_masks(model: nn.Module, masks: dict[str, torch.Tensor], entry: dict) -> None:
     """Re-register the saved masks (and each layer's `hwprune_sparsity`) on a loaded model."""
-    from hwprune.apply.sparsity import apply_masks
 
     modules = dict(model.named_modules())
     for key, mask in masks.items():

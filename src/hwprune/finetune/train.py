@@ -2,37 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hwprune.core.data import Dataset
+from hwprune.core.modules import call
+
+#: Hinton et al. 2015's soft-target temperature and the weight of the hard-label term (their MNIST setting).
+KD_TEMPERATURE, KD_ALPHA = 4.0, 0.5
 
 
-def kd_loss(out, y, teacher_out, alpha: float = 0.5, temperature: float = 4.0):
-    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher || student at temperature T) (Hinton et al. 2015)."""
-    loss = F.cross_entropy(out, y)
+def kd_loss(
+    out,
+    y,
+    teacher_out,
+    alpha: float = KD_ALPHA,
+    temperature: float = KD_TEMPERATURE,
+    loss_fn: Callable | None = None,
+):
+    """alpha * loss(labels) + (1 - alpha) * T^2 * KL(teacher || student at temperature T) (Hinton et al. 2015).
+
+    `loss_fn(outputs, targets)` defaults to cross-entropy. Without labels (`y` None) only the
+    distillation term is left; without a teacher only the label term.
+    """
+    loss = None if y is None else (loss_fn or F.cross_entropy)(out, y)
     if teacher_out is None:
         return loss
     kd = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(teacher_out / temperature, 1), reduction="batchmean")
+    if loss is None:
+        return kd * temperature**2
     return alpha * loss + (1 - alpha) * kd * temperature**2
 
 
 def train_steps(
     model: nn.Module,
-    batches: list,
+    batches: Iterable,
     lr: float,
     teacher: nn.Module | None = None,
     desc: str = "train",
     progress: bool = True,
     before_step=None,
+    loss_fn: Callable | None = None,
 ) -> nn.Module:
-    """One optimisation step per (x, y) batch: AdamW with a one-cycle schedule, KD when `teacher` is given.
+    """One optimisation step per (inputs, targets) batch: AdamW with a one-cycle schedule, KD when `teacher`
+    is given. `batches` needs a length (the schedule's total steps).
 
     `before_step(step, optimizer)`, if given, runs before each step (gradual pruning re-masks there).
     """
-    if not batches:
+    if not len(batches):
         return model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(batches))
@@ -44,10 +65,10 @@ def train_steps(
             if before_step is not None:
                 before_step(step, opt)
                 model.train()
-            out = model(x)
+            out = call(model, x)
             with torch.no_grad():
-                t = teacher(x) if teacher is not None else None
-            loss = kd_loss(out, y, t)
+                t = call(teacher, x) if teacher is not None else None
+            loss = kd_loss(out, y, t, loss_fn=loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -67,20 +88,14 @@ def train(
     teacher: nn.Module | None = None,
     desc: str = "train",
     progress: bool = True,
+    loss_fn: Callable | None = None,
 ) -> nn.Module:
-    """`epochs` passes over the training split in a seeded random order (see `train_steps`)."""
+    """`epochs` passes over the training data in a seeded order (see `train_steps`)."""
     torch.manual_seed(seed)
-    return train_steps(model, epoch_batches(data, epochs, batch_size, seed), lr, teacher, desc, progress)
+    batches = data.epochs(epochs, batch_size, seed)
+    return train_steps(model, batches, lr, teacher, desc, progress, loss_fn=loss_fn)
 
 
-def epoch_batches(data: Dataset, epochs: int, batch_size: int = 128, seed: int = 0) -> list:
+def epoch_batches(data: Dataset, epochs: int, batch_size: int = 128, seed: int = 0):
     """`epochs` passes over the training split, each in a seeded random order, as (x, y) batches."""
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(data.x_train), generator=g)
-        for i in range(len(perm) // batch_size):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            batches.append((data.x_train[idx], data.y_train[idx]))
-    return batches
-
+    return data.epochs(epochs, batch_size, seed)

@@ -96,12 +96,6 @@ def candidate_widths(size: int, min_keep: float = 0.1, max_candidates: int = 64)
     return sorted(set(widths + [size]))
 
 
-
-
-
-
-
-
 @dataclass
 class GroupAnalysis:
     """The result of stage 1: the dependency graph, the groups, and the layers the cost model times."""

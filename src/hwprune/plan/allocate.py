@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hwprune.core.errors import HwpruneError
 from hwprune.core.registry import Registry
 from hwprune.cost.model import CostModel
 
@@ -62,7 +61,7 @@ def mckp(values: list[np.ndarray], costs: list[np.ndarray], budget: float, bins:
     dp = np.full(bins + 1, neg)
     dp[0] = 0.0
     choice = np.zeros((len(values), bins + 1), dtype=np.int32)
-    for k, (v, c) in enumerate(zip(values, costs)):
+    for k, (v, c) in enumerate(zip(values, costs, strict=False)):
         w = np.ceil((c - c.min()) / step - 1e-9).astype(int)
         new = np.full(bins + 1, neg)
         for j in range(len(v)):
@@ -148,7 +147,7 @@ def chain_dp(problem: Problem, order: list[str], target: float, bins: int = 4000
     if room < 0:
         return None
     delta = max(room, 1e-12) / bins
-    binned = [np.ceil((c - lo) / delta - 1e-9).astype(np.int64) for c, lo in zip(step_costs, lows)]
+    binned = [np.ceil((c - lo) / delta - 1e-9).astype(np.int64) for c, lo in zip(step_costs, lows, strict=False)]
     values = [np.array([problem.value(g, w) for w in problem.candidates[g]]) for g in order]
     neg = -np.inf
     # dp[j, b]: best value of g1..gk with gk at candidate j and total bins exactly b.
@@ -197,13 +196,15 @@ def _knapsack_linearised(problem: Problem, target: float, start: dict[str, int],
         curves = [cost.group_costs(g, current, problem.candidates[g]) for g in gids]
         now = cost.predict(current)
         # Linearisation: predicted(new) ~= predicted(current) + sum_g [curve_g(new_g) - curve_g(current_g)].
-        offset = now - sum(float(np.interp(current[g], problem.candidates[g], c)) for g, c in zip(gids, curves))
+        offset = now - sum(
+            float(np.interp(current[g], problem.candidates[g], c)) for g, c in zip(gids, curves, strict=False)
+        )
         picks = mckp(values, curves, target - offset)
         if picks is None:
             break
-        widths = {g: problem.candidates[g][j] for g, j in zip(gids, picks)}
+        widths = {g: problem.candidates[g][j] for g, j in zip(gids, picks, strict=False)}
         key = tuple(sorted(widths.items()))
-        val = sum(v[j] for v, j in zip(values, picks))
+        val = sum(v[j] for v, j in zip(values, picks, strict=False))
         if cost.predict(widths) <= target and val > best_val:
             best, best_val = widths, val
         if key in seen:
@@ -403,12 +404,14 @@ class _WeightedSum:
 def surrogate_cost(costs: list[CostModel], weights: list[float]) -> CostModel:
     """sum_k weights[k] * costs[k] as one CostModel, so every allocator can plan against it unchanged."""
     base = costs[0]
-    curves = {name: _WeightedSum([(w, c.curves[name]) for w, c in zip(weights, costs)]) for name in base.curves}
+    curves = {
+        name: _WeightedSum([(w, c.curves[name]) for w, c in zip(weights, costs, strict=False)]) for name in base.curves
+    }
     return CostModel(
         base.analysis,
         curves,
-        r0=sum(w * c.r0 for w, c in zip(weights, costs)),
-        r1=sum(w * c.r1 for w, c in zip(weights, costs)),
+        r0=sum(w * c.r0 for w, c in zip(weights, costs, strict=False)),
+        r1=sum(w * c.r1 for w, c in zip(weights, costs, strict=False)),
     )
 
 
@@ -438,7 +441,7 @@ def allocate_constrained(
     def solve(mu: np.ndarray, rhs: float = 1.0):
         surrogate = replace(problem, cost=surrogate_cost(costs, list(mu / np.asarray(limits))))
         w = allocator(surrogate, rhs)
-        return w, surrogate, np.array([c.predict(w) / lim for c, lim in zip(costs, limits)])
+        return w, surrogate, np.array([c.predict(w) / lim for c, lim in zip(costs, limits, strict=False)])
 
     best = None
     for _ in range(SURROGATE_ROUNDS):

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hwprune.core.errors import HwpruneError
 
 
@@ -57,8 +59,6 @@ class Plan:
 
 def make_plan(widths: dict[str, int], scores: dict[str, object], sizes: dict[str, int], **info) -> Plan:
     """Keep the `width` highest-scoring channels of each group."""
-    import numpy as np
-
     groups = []
     for gid, size in sizes.items():
         w = int(widths.get(gid, size))

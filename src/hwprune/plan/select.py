@@ -44,8 +44,12 @@ def register_selection(name: str, description: str):
     return wrap
 
 
-SELECTIONS.register("budget", None, "the hardware allocator: widths that keep the most importance within the --budget on --target")
-SELECTIONS.register("hierarchical", None, "blocks first, then channels, then weights within what remains (each by --sparsity)")
+SELECTIONS.register(
+    "budget", None, "the hardware allocator: widths that keep the most importance within the --budget on --target"
+)
+SELECTIONS.register(
+    "hierarchical", None, "blocks first, then channels, then weights within what remains (each by --sparsity)"
+)
 
 
 def get_selection(name: str) -> Selection | None:

@@ -75,12 +75,12 @@ def markdown(r: dict) -> str:
     lines = [
         f"# hwprune report: {r['model']}",
         "",
-        f"Budget **{b['text']}** on target `{r['settings']['target']}`: **{'met' if b['met'] else 'NOT met'}**.",
+        f"Budget **{b['text']}** on target `{r['settings']['target']['name']}`: **{'met' if b['met'] else 'NOT met'}**.",
         "",
         *budget_lines(r),
         "",
-        f"Allocator `{r['settings']['allocator']}`, criterion `{r['settings']['criterion']}`, "
-        f"input {r['input_shape']}, fine-tuning epochs {r['settings']['finetune_epochs']}.",
+        f"Allocator `{r['settings']['loop']['allocator']}`, criterion `{r['settings']['criterion']}`, "
+        f"input {r['input_shape']}, fine-tuning epochs {r['settings']['finetune']['epochs']}.",
         "",
         "| | dense | pruned |",
         "|---|---:|---:|",
@@ -137,7 +137,7 @@ def write_outputs(out: str | Path, result) -> Path:
         write_model(
             result.model,
             tmp / "model",
-            result.resolved.source,
+            result.source,
             {"input_shape": shape[1:] if shape else None, "plan": "../plan.json"},
         )
         result.plan.save(tmp / "plan.json")

@@ -39,7 +39,7 @@ MNIST1D_SAMPLES = 20_000
 def mnist1d(num_samples: int = MNIST1D_SAMPLES) -> Dataset:
     """MNIST-1D (Greydanus 2020), procedurally generated: 40-sample 1-D signals, 10 classes."""
     if num_samples not in _MNIST1D_CACHE:
-        from mnist1d.data import get_dataset_args, make_dataset
+        from mnist1d.data import get_dataset_args, make_dataset  # noqa: PLC0415  (only when generated)
 
         args = get_dataset_args()
         args.num_samples = num_samples
@@ -62,7 +62,7 @@ def mnist1d(num_samples: int = MNIST1D_SAMPLES) -> Dataset:
 def digits() -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images), 80/20 split."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # noqa: PLC0415  (an optional extra)
     except ImportError as e:
         raise HwpruneError("--data digits needs scikit-learn: pip install scikit-learn") from e
     d = load_digits()

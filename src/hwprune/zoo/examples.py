@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.export.model import load, save_model
 from hwprune.finetune.train import train
+from hwprune.hardware.table import default_cache_dir
 from hwprune.zoo.datasets import get_dataset
 
 
@@ -59,25 +61,14 @@ def get_example(name: str) -> Example:
     return EXAMPLES[name]
 
 
-
-
-
-
-
-
-
-
 def trained_example(name: str, progress: bool = True) -> nn.Module:
     """The example's dense model, trained once and cached under the hwprune cache directory."""
-    from hwprune.export.model import load, save_model
-    from hwprune.hardware.table import default_cache_dir
-
     ex = get_example(name)
     tag = hashlib.sha1(json.dumps([name, ex.epochs, ex.data, "v1"]).encode()).hexdigest()[:8]
     path = default_cache_dir() / "examples" / f"{name}-{tag}"
     if (path / "spec.json").exists():
         try:
-            return load(path)
+            return load(path, builder=lambda source: ex.build())
         except HwpruneError:
             pass  # a damaged cache entry is rebuilt below
     data = get_dataset(ex.data)

@@ -11,6 +11,9 @@ import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
+from hwprune.export.model import load, read_spec
+from hwprune.zoo.datasets import get_dataset
+from hwprune.zoo.examples import get_example, trained_example
 
 SPEC_HELP = "torchvision:NAME, example:NAME, path/to/file.py:function, or a directory saved by hwprune"
 
@@ -24,7 +27,7 @@ class ResolvedModel:
 
 
 def _torchvision(name: str) -> nn.Module:
-    import torchvision
+    import torchvision  # noqa: PLC0415  (slow to import; only torchvision: specs need it)
 
     names = torchvision.models.list_models()
     if name not in names:
@@ -60,12 +63,20 @@ def build_source(source: dict) -> nn.Module:
     if kind == "torchvision":
         return _torchvision(source["name"])
     if kind == "example":
-        from hwprune.zoo.examples import get_example
-
         return get_example(source["name"]).build()
     if kind == "file":
         return _from_file(source["path"], source["function"])[0]
+    if kind == "object":
+        raise HwpruneError(
+            f"this model was saved from a Python object of class {source.get('class')}: rebuild it with "
+            "hwprune.load(directory, model=<a dense instance of that class>)"
+        )
     raise HwpruneError(f"saved model has an unknown source {source!r}")
+
+
+def load_saved(directory, model: nn.Module | None = None) -> nn.Module:
+    """A saved model, its dense architecture built from its recorded source unless `model` is given."""
+    return load(directory, model, builder=build_source)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -89,18 +100,13 @@ def resolve(spec: str, batch_size: int = 1, input_shape: str | None = None, prog
         model, source = _torchvision(name), {"kind": "torchvision", "name": name}
         shape = shape or (3, 224, 224)
     elif spec.startswith("example:"):
-        from hwprune.zoo.datasets import get_dataset
-        from hwprune.zoo.examples import get_example, trained_example
-
         name = spec.split(":", 1)[1]
         ex = get_example(name)
         model, source = trained_example(name, progress), {"kind": "example", "name": name}
         shape = shape or get_dataset(ex.data).sample_shape
     elif Path(spec).is_dir():
-        from hwprune.export.model import load, read_spec
-
         saved = read_spec(spec)
-        model, source = load(spec), saved["source"]
+        model, source = load_saved(spec), saved["source"]
         shape = shape or (tuple(saved["input_shape"]) if saved.get("input_shape") else None)
     elif ".py:" in spec:
         path, fn = spec.rsplit(":", 1)

@@ -1,0 +1,164 @@
+"""`hwprune prune` and `hwprune demo`. Their options are derived from the config dataclasses
+(`pipeline.config.options`): the flag, the help text and the default each live once, on the field."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from hwprune.cli.run import prune_spec, read_recipe, split_options
+from hwprune.core.errors import HwpruneError
+from hwprune.importance import list_criteria
+from hwprune.pipeline.config import PruneConfig, flat_fields, options
+from hwprune.pipeline.granularity import SCHEDULES
+from hwprune.plan.select import SELECTIONS
+from hwprune.report.files import budget_lines, prepare_out, text_table
+from hwprune.zoo.specs import SPEC_HELP
+
+DEMO_BATCH = 64
+DEMO_FINETUNE_EPOCHS = 4
+#: Options `bench`, `validate`, `calibrate` and `profile` share with `prune` (the model and where it runs).
+SHARED = ("--target", "--threads")
+
+
+def _help(text: str, default) -> str:
+    text = text.format(
+        criteria=", ".join(n for n, _, _ in list_criteria()),
+        selections=", ".join(SELECTIONS.names()),
+        schedules=", ".join(SCHEDULES),
+    )
+    return text if default is None or "default" in text else f"{text} (default {default})"
+
+
+def add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per config field. For `prune` (all fields) defaults are SUPPRESSed: a flag not given is
+    absent from the namespace, so the config's own default (or a recipe's value) applies; the commands that
+    take `only` some options get the config's defaults."""
+    for o in options():
+        if only is not None and o.flag not in only:
+            continue
+        default = argparse.SUPPRESS if only is None else o.default
+        kw: dict = {"default": default, "help": _help(o.help, o.default), "dest": _dest(o)}
+        if o.type is dict:
+            kw.update(action="append", metavar=o.metavar)
+        else:
+            kw.update(type=o.type, metavar=o.metavar)
+        p.add_argument(o.flag, **kw)
+
+
+def _dest(o) -> str:
+    return o.flag.lstrip("-").replace("-", "_")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help=f"model spec: {SPEC_HELP}")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size latency is measured at (default 1)")
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        help="one sample's shape, e.g. 3x224x224 (default: 3x224x224 for torchvision, the data's shape for examples)",
+    )
+
+
+def prune_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--data", default=None, help="data set for calibration, fine-tuning and accuracy: mnist1d, digits")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="YAML file setting any of these options (keys as the flag names: criterion, granularity, selection, "
+        "schedule, budget, finetune-epochs, data, ...); flags given on the command line win",
+    )
+    add_config_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or loop log, only the final table")
+    p.add_argument("--out", default=None, help="output directory (model/, plan.json, report.json, report.md)")
+
+
+def criterion_params(items: list[str] | dict | None) -> dict | None:
+    if not items:
+        return None
+    if isinstance(items, dict):
+        return dict(items)
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise HwpruneError(f"--criterion-param {item!r}: expected KEY=VALUE, e.g. lambda=0.5")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise HwpruneError(f"--criterion-param {item!r}: the value must be a number") from None
+    return out
+
+
+def _settings(a: argparse.Namespace) -> tuple[dict, dict]:
+    """(inputs, config options): the recipe's, overridden by every flag given on the command line."""
+    recipe = read_recipe(a.recipe) if getattr(a, "recipe", None) else split_options({})
+    inputs = dict(recipe.inputs)
+    for k in ("model", "data", "batch_size", "input_shape", "out"):
+        if getattr(a, k, None) is not None:
+            inputs[k] = getattr(a, k)
+    config = dict(recipe.config)
+    flat = flat_fields()
+    config.update({k: v for k, v in vars(a).items() if k in flat})
+    if "criterion_param" in config or "criterion_params" in config:
+        given = config.pop("criterion_param", None) or config.get("criterion_params")
+        config["criterion_params"] = criterion_params(given)
+    return inputs, config
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    inputs, options_ = _settings(a)
+    where = f"--recipe {a.recipe}" if getattr(a, "recipe", None) else "options"
+    if not inputs.get("model"):
+        raise HwpruneError("--model is required (or set model: in the --recipe)")
+    if not inputs.get("out"):
+        raise HwpruneError("--out is required (or set out: in the --recipe)")
+    prepare_out(inputs["out"])
+    cfg = PruneConfig.from_dict(options_, where=where)
+    result = prune_spec(
+        str(inputs["model"]),
+        inputs.get("data"),
+        int(inputs["batch_size"]) if inputs.get("batch_size") is not None else 1,
+        inputs.get("input_shape"),
+        cfg,
+        progress=not getattr(a, "quiet", False),
+    )
+    out = result.save(inputs["out"])
+    _print_summary(result.report)
+    print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
+    return 0 if result.report["budget"]["met"] else 1
+
+
+def _print_summary(r: dict) -> None:
+    print()
+    print(text_table(r))
+    print()
+    if r["predicted_latency_ms"] is not None:
+        print(
+            f"predicted {r['predicted_latency_ms']:.3f} ms, measured {r['measured_latency_ms']:.3f} ms "
+            f"({100 * r['prediction_error']:+.1f}%)"
+        )
+    print("\n".join(line.replace("**", "").replace("`", "").lstrip("- ") for line in budget_lines(r)))
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """MNIST-1D: train a wide 1-D CNN, prune it to 50% of its measured latency here, fine-tune, report."""
+    ns = argparse.Namespace(
+        model="example:mnist1d",
+        data="mnist1d",
+        batch_size=DEMO_BATCH,
+        input_shape=None,
+        out=a.out,
+        recipe=None,
+        budget="latency=0.5",
+        criterion="taylor",
+        finetune_epochs=DEMO_FINETUNE_EPOCHS,
+    )
+    print(f"hwprune demo: MNIST-1D, 1-D CNN, batch {DEMO_BATCH}, budget 50% of dense latency on this CPU")
+    t0 = time.perf_counter()
+    rc = cmd_prune(ns)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return rc

@@ -1,0 +1,219 @@
+"""`hwprune.prune`: the user's model, inputs and data in; the pruned model, its plan and its report out.
+
+One pipeline for every method: set-up and checks (here), the method chosen from `context.METHODS` by the
+config (budget, units, weights, hierarchical), fine-tuning, the final measurement (`figures`) and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import hwprune.pipeline.budget  # noqa: F401  (registers the budget method)
+from hwprune.core.budget import Budget, parse_budgets
+from hwprune.core.data import as_data
+from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import call
+from hwprune.cost.resources import FigureTarget, count
+from hwprune.evaluate.metrics import Metric
+from hwprune.finetune.train import train_steps
+from hwprune.hardware.base import Target
+from hwprune.hardware.targets import get_target
+from hwprune.pipeline.checks import check_data
+from hwprune.pipeline.config import FinetuneConfig, MethodConfig, PruneConfig
+from hwprune.pipeline.context import METHODS, Outcome, Run
+from hwprune.pipeline.figures import final_figures
+from hwprune.pipeline.methods import method_kind, weight_sparsity
+from hwprune.report.files import write_outputs
+
+REPORT_FORMAT = "hwprune-report/1"
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the dense model it came from, the plan (plain data) and the report."""
+
+    model: nn.Module
+    dense: nn.Module
+    plan: object  # plan.Plan for the budget method, methods.MethodRecord for the others
+    report: dict
+    #: How to rebuild the architecture when loading (`{"kind": "torchvision", "name": ...}`); a model passed
+    #: in as an object records its class, and `hwprune.load(dir, model=MyNet())` rebuilds it.
+    source: dict = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        """model/ (spec.json + safetensors), plan.json, report.json and report.md, written atomically."""
+        return write_outputs(directory, self)
+
+
+def object_source(model: nn.Module) -> dict:
+    cls = type(model)
+    return {"kind": "object", "class": f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConfig:
+    """One PruneConfig from `config` and the keyword arguments that override it."""
+    if isinstance(config, PruneConfig) and all(v is None for v in (budget, method, finetune, seed, target)):
+        return config
+    values = config.to_dict() if isinstance(config, PruneConfig) else dict(config or {})
+    if budget is not None:
+        values["budget"] = budget if isinstance(budget, str) else ",".join(b.text for b in budget)
+    if method is not None:
+        values["method"] = {**values.get("method", {}), **_plain(method)}
+    if finetune is not None:
+        ft = {"epochs": finetune} if isinstance(finetune, int) else _plain(finetune)
+        values["finetune"] = {**values.get("finetune", {}), **ft}
+    if seed is not None:
+        values["seed"] = seed
+    if isinstance(target, str):
+        values["target"] = {**values.get("target", {}), "name": target}
+    return PruneConfig.from_dict(values)
+
+
+def _plain(section) -> dict:
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+
+
+def _check_fits(dense: nn.Module, example, data) -> None:
+    """The model runs on its example inputs and on the data's inputs (a one-line error otherwise)."""
+    dense.eval()
+    with torch.no_grad():
+        try:
+            call(dense, example)
+        except Exception as e:
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+            raise HwpruneError(f"example inputs of shape {got} do not fit the model: {msg[:200]}") from None
+        if data is None:
+            return
+        try:
+            out = call(dense, data.sample_inputs())
+        except Exception as e:
+            shape = getattr(data, "sample_shape", None)
+            what = f" (samples of shape {shape})" if shape else ""
+            raise HwpruneError(f"the data{what} does not fit the model: {str(e).splitlines()[0][:160]}") from None
+    classes = getattr(data, "num_classes", None)
+    if classes and isinstance(out, torch.Tensor) and out.shape[-1] != classes:
+        raise HwpruneError(f"model outputs {out.shape[-1]} classes, the data set has {classes}")
+
+
+def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metric, progress) -> Run:
+    if not isinstance(model, nn.Module):
+        raise HwpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    data = as_data(data)
+    check_data(cfg, data)
+    _check_fits(model, example_inputs, data)
+    if not isinstance(target, Target):
+        target = get_target(cfg.target.name, threads=cfg.target.threads)
+    budgets: list[Budget] = parse_budgets(cfg.budget) if cfg.budget else []
+    if any(b.kind == "energy" for b in budgets):
+        FigureTarget("energy", target)  # fails early, in one line, when the target has no energy model
+    criterion = cfg.method.criterion or ("taylor" if data is not None and data.labeled else "l1")
+    return Run(cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion)
+
+
+def _finetune(run: Run, out: Outcome) -> None:
+    ft = run.cfg.finetune
+    if out.finetuned or run.data is None or ft.epochs == 0:
+        return
+    torch.manual_seed(run.cfg.seed)
+    batches = run.data.epochs(ft.epochs, ft.batch_size, run.cfg.seed)
+    train_steps(out.model, batches, ft.lr, run.dense, "fine-tuning (KD)", run.progress, loss_fn=run.loss_fn)
+
+
+def _report(run: Run, kind: str, out: Outcome, figures: dict, model_name: str | None) -> dict:
+    s = out.sections
+    predicted = s.get("predicted_s")
+    final_s = figures["measured_latency_ms"] / 1e3
+    report = {
+        "format": REPORT_FORMAT,
+        "model": model_name or type(run.dense).__name__,
+        "settings": {**run.cfg.to_dict(), "criterion": run.criterion, "method_kind": kind, **s.get("settings", {})},
+        **figures,
+        "predicted_latency_ms": predicted * 1e3 if predicted is not None else None,
+        "predicted_ratio": predicted / s["t_plan"] if predicted is not None else None,
+        "prediction_error": (predicted - final_s) / final_s if predicted is not None else None,
+        "latency_table": s.get("latency_table"),
+        "loop": s.get("loop", []),
+        "groups": s.get("groups", []),
+        "data": run.data.description if run.data is not None else None,
+        "notes": s.get("notes", []),
+        "stages": run.stages,
+    }
+    report["pruned"]["accuracy_oneshot"] = out.score_oneshot
+    if kind != "budget":
+        report["method"] = out.plan.to_dict()
+        report["weight_sparsity"] = weight_sparsity(out.model)
+    return report
+
+
+def prune(
+    model: nn.Module,
+    example_inputs,
+    *,
+    budget: str | list[Budget] | None = None,
+    target: str | Target | None = None,
+    data=None,
+    finetune: int | dict | FinetuneConfig | None = None,
+    method: dict | MethodConfig | None = None,
+    loss_fn: Callable | None = None,
+    metric: Metric | None = None,
+    config: PruneConfig | dict | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+    source: dict | None = None,
+) -> PruneResult:
+    """Prune `model` so that it meets `budget` on `target`; the dense model is left as it was.
+
+    Args:
+        model: the trained model (any nn.Module).
+        example_inputs: one batch as the model is called at deployment: a tensor, a tuple (positional
+            arguments) or a dict (keyword arguments). Latency is measured at its batch size.
+        budget: e.g. "latency=0.5" (of dense), "latency=12ms", "memory=8MB,params=0.5"; default
+            latency=0.5 for the budget method, none (only reported) for the others.
+        target: a target name (`hwprune targets`) or a Target object; default the config's, `cpu`.
+        data: a DataLoader or iterable of (inputs, targets) batches, a torch Dataset, or a (train,
+            validation) pair of them; unlabelled batches fine-tune by distillation from the dense model.
+        finetune: epochs, or a FinetuneConfig / dict (epochs, lr, batch_size).
+        method: a MethodConfig / dict (criterion, granularity, selection, sparsity, schedule, ...).
+        loss_fn: loss(outputs, targets) for fine-tuning's label term (default cross-entropy).
+        metric: metric(outputs, targets) -> batch mean (default top-1 accuracy).
+        config: a whole PruneConfig (or its dict); the keyword arguments above override it.
+    """
+    cfg = _as_config(config, budget, method, finetune, seed, target)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t_start = time.perf_counter()
+    run = _setup(model, example_inputs, cfg, target, data, loss_fn, metric, progress)
+    kind = method_kind(cfg)
+    out = METHODS.get(kind)(run)
+    t0 = time.perf_counter()
+    _finetune(run, out)
+    run.stages["finetune_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sections = out.sections
+    if "t_plan" not in sections:
+        sections["t_plan"] = run.target.time_models([run.dense], run.example)[0].median
+    dense_figures = sections.get("dense_figures") or _dense_figures(run, sections["t_plan"])
+    figures = final_figures(run, out.model, sections["t_plan"], dense_figures)
+    run.stages["evaluate_s"] = time.perf_counter() - t0
+    run.stages["total_s"] = time.perf_counter() - t_start
+    report = _report(run, kind, out, figures, model_name)
+    if kind == "budget":
+        out.plan.meta.update(measured_latency_ms=figures["measured_latency_ms"], fingerprint=report["fingerprint"])
+    return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model))
+
+
+def _dense_figures(run: Run, t_dense: float) -> dict:
+    def figure(kind: str) -> float:
+        return t_dense if kind == "latency" else count(kind, run.dense, run.example, run.target)
+
+    return {b.kind: figure(b.kind) for b in run.budgets}
