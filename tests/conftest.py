@@ -27,6 +27,7 @@ def tiny_file():
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from hwprune.core.modules import call  # noqa: E402
 from hwprune.hardware.targets import register_target
 from hwprune.hardware.timing import Timing
 
@@ -75,7 +76,7 @@ class AnalyticTarget:
                 if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))
             ]
             with torch.no_grad():
-                m(inputs)
+                call(m, inputs)
             for h in hooks:
                 h.remove()
             t = sum(total)

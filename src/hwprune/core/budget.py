@@ -8,7 +8,7 @@ One or more comma-separated `KIND=VALUE` terms, each KIND at most once, all enfo
 - `energy=2mJ`: energy per inference from the target's energy model (`J`, `mJ`, `uJ`), or a fraction;
 - `params=1.5M`, `macs=300M`: counts (`K`, `M`, `G` suffixes), or a fraction.
 
-A bare number (`0.5`) is a latency fraction, as in the core issue.
+A bare number (`0.5`) is a latency fraction of dense.
 """
 
 from __future__ import annotations

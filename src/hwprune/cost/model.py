@@ -29,7 +29,7 @@ MAX_REFINE = 8
 OUTLIER = 1.5
 
 
-def _spread(cands: list[int], n: int) -> list[int]:
+def spread(cands: list[int], n: int) -> list[int]:
     if len(cands) <= n:
         return list(cands)
     idx = np.unique(np.round(np.linspace(0, len(cands) - 1, n)).astype(int))
@@ -115,12 +115,12 @@ class Profiler:
 
     def curve(self, layer: LayerInfo, in_cands: list[int], out_cands: list[int]) -> LayerCurve:
         if layer.depthwise:
-            xs, ys = self._row(layer, 0, _spread(out_cands, OUT_SAMPLES + 2), out_cands, True, True)
+            xs, ys = self._row(layer, 0, spread(out_cands, OUT_SAMPLES + 2), out_cands, True, True)
             return LayerCurve(xs, xs, np.array([ys]), depthwise=True)
-        outs = _spread(out_cands, OUT_SAMPLES)
+        outs = spread(out_cands, OUT_SAMPLES)
         full_in = max(in_cands)
         outs, top = self._row(layer, full_in, outs, out_cands, len(out_cands) > 2, False)
-        ins = sorted(set(_spread(in_cands, IN_SAMPLES)))
+        ins = sorted(set(spread(in_cands, IN_SAMPLES)))
         rows = {full_in: top}
         for c_in in ins:
             if c_in not in rows:

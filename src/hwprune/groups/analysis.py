@@ -168,6 +168,29 @@ def analyze(
         model.train(was_training)
 
 
+def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: int) -> LayerInfo:
+    """What the latency table needs to time a conv/linear alone: its kind, widths, input shape, geometry."""
+    if isinstance(m, nn.Linear):
+        info = LayerInfo(name, "linear", m.in_features, m.out_features, shape, bias=m.bias is not None)
+    else:
+        kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}[type(m)]
+        info = LayerInfo(
+            name,
+            kind,
+            m.in_channels,
+            m.out_channels,
+            shape,
+            kernel_size=as_tuple(m.kernel_size),
+            stride=as_tuple(m.stride),
+            padding=as_tuple(m.padding),
+            dilation=as_tuple(m.dilation),
+            depthwise=m.groups > 1 and m.groups == m.in_channels == m.out_channels,
+            bias=m.bias is not None,
+        )
+    info.output_numel = output_numel
+    return info
+
+
 def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     names = {m: n for n, m in model.named_modules()}
     order: list[nn.Module] = []
@@ -192,27 +215,7 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
             ignored_mods.append(m)  # depthwise with a channel multiplier: not a plain width
 
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-    layers: dict[nn.Module, LayerInfo] = {}
-    for m in order:
-        if isinstance(m, nn.Linear):
-            info = LayerInfo(names[m], "linear", m.in_features, m.out_features, shapes[m], bias=m.bias is not None)
-        else:
-            kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}[type(m)]
-            info = LayerInfo(
-                names[m],
-                kind,
-                m.in_channels,
-                m.out_channels,
-                shapes[m],
-                kernel_size=as_tuple(m.kernel_size),
-                stride=as_tuple(m.stride),
-                padding=as_tuple(m.padding),
-                dilation=as_tuple(m.dilation),
-                depthwise=m.groups > 1 and m.groups == m.in_channels == m.out_channels,
-                bias=m.bias is not None,
-            )
-        info.output_numel = out_numel[m]
-        layers[m] = info
+    layers = {m: _layer_info(m, names[m], shapes[m], out_numel[m]) for m in order}
 
     groups: list[PruneGroup] = []
     tp_groups = {}

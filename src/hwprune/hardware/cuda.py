@@ -12,6 +12,7 @@ This module imports without a GPU; only constructing a target needs one.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import subprocess
 import time
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import call
 from hwprune.hardware.fingerprint import cpu_model, fingerprint_key
 from hwprune.hardware.targets import register_target
 from hwprune.hardware.timing import FAST_PROTOCOL, Timing, TimingProtocol, summary
@@ -91,12 +93,6 @@ def _to(inputs, device: torch.device, dtype: torch.dtype):
     return inputs
 
 
-def _call(model: nn.Module, inputs) -> Callable[[], object]:
-    if isinstance(inputs, dict):
-        return lambda: model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return lambda: model(*inputs)
-    return lambda: model(inputs)
 
 
 def _model_key(model: nn.Module) -> tuple:
@@ -207,7 +203,7 @@ class CudaTarget:
             key = _model_key(m)
             if key not in copies:
                 copies[key] = self.prepare(m)
-            fns.append(_call(copies[key], xd))
+            fns.append(functools.partial(call, copies[key], xd))
         protocol = self.model_protocol
         if final:
             protocol = replace(protocol, min_calls=protocol.min_calls * 2, min_s=protocol.min_s * 4)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hwprune.apply.channels import apply_plan, recalibrate_bn
 from hwprune.core.modules import call
-from hwprune.cost.model import _spread
+from hwprune.cost.model import spread
 from hwprune.finetune.train import train_steps
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.plan.allocate import Problem, shift_moves
@@ -91,11 +91,11 @@ def group_sensitivity(probe: LossProbe, analysis: GroupAnalysis, progress: bool 
     """Group id -> value per candidate width: minus the loss rise with that group alone narrowed."""
     base = probe({})
     values: dict[str, np.ndarray] = {}
-    total = sum(len(_spread(g.candidates[:-1], POINTS - 1)) for g in analysis.groups)
+    total = sum(len(spread(g.candidates[:-1], POINTS - 1)) for g in analysis.groups)
     with tqdm(total=total, desc="sensitivity", unit="plan", disable=not progress, leave=False) as bar:
         for g in analysis.groups:
             rise = {g.size: 0.0}
-            for w in _spread(g.candidates[:-1], POINTS - 1):
+            for w in spread(g.candidates[:-1], POINTS - 1):
                 rise[w] = max(0.0, probe({g.id: w}) - base)
                 bar.update(1)
             xs = sorted(rise)

@@ -75,7 +75,8 @@ def markdown(r: dict) -> str:
     lines = [
         f"# hwprune report: {r['model']}",
         "",
-        f"Budget **{b['text']}** on target `{r['settings']['target']['name']}`: **{'met' if b['met'] else 'NOT met'}**.",
+        f"Budget **{b['text']}** on target `{r['settings']['target']['name']}`: "
+        f"**{'met' if b['met'] else 'NOT met'}**.",
         "",
         *budget_lines(r),
         "",
