@@ -44,7 +44,7 @@ def criteria_table(a) -> str:
     from hwprune.apply.channels import apply_plan, recalibrate_bn
     from hwprune.core.data import Dataset
     from hwprune.evaluate.metrics import accuracy
-    from hwprune.finetune.train import epoch_batches, train_steps
+    from hwprune.finetune.train import train_steps
     from hwprune.groups.analysis import analyze
     from hwprune.importance import compute_scores, normalized
     from hwprune.plan.plan import make_plan
@@ -63,7 +63,7 @@ def criteria_table(a) -> str:
     dense = dense.to(a.device)
     example = data.x_train[:64]
     calib = data.batches(64, 8, seed=a.seed)
-    ft = epoch_batches(data, a.epochs, 128, a.seed)
+    ft = data.epochs(a.epochs, 128, a.seed)
     dense_acc = accuracy(dense, data.x_test, data.y_test)
     rows, records = [], []
     for name in a.criteria:

@@ -22,9 +22,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwprune.apply.common import calibration_batches, check_ratio, count_params, mean_loss, set_module
+from hwprune.apply.common import calibration_batches, check_ratio, mean_loss, set_module
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import run_hooked
+from hwprune.core.modules import param_count, run_hooked
 from hwprune.groups.analysis import PRUNABLE_TYPES
 from hwprune.importance import BLOCK, CRITERIA, Stats, collect_stats, resolve_params
 
@@ -111,7 +111,7 @@ def find_blocks(model: nn.Module, example_inputs) -> list[BlockInfo]:
     inner = [m for m in cands if not any(o is not m and any(o is s for s in m.modules()) for o in cands)]
     order = list(calls)
     inner.sort(key=order.index)
-    return [BlockInfo(names[m], type(m).__name__, count_params(m), list(calls[m][0][0][0].shape)) for m in inner]
+    return [BlockInfo(names[m], type(m).__name__, param_count(m), list(calls[m][0][0][0].shape)) for m in inner]
 
 
 BlockScorer = Callable[[nn.Module, list[BlockInfo], dict], list[float]]
@@ -280,7 +280,7 @@ def prune_blocks(
     _check_block_criterion(criterion)
     if not inplace:
         model = copy.deepcopy(model)
-    before = count_params(model)
+    before = param_count(model)
     blocks, scores = score_blocks(model, example_inputs, criterion, batches, loss_fn, seed, params)
     k = int(math.floor(ratio * len(blocks)))
     order = sorted(range(len(blocks)), key=lambda i: (scores[i], i))
@@ -289,6 +289,6 @@ def prune_blocks(
         set_module(model, blocks[i].name, nn.Identity())
     results = [BlockResult(b.name, b.kind, b.params, scores[i], i in drop) for i, b in enumerate(blocks)]
     info = BlockPruneInfo(
-        criterion, ratio, len(blocks), [blocks[i].name for i in sorted(drop)], before, count_params(model), results
+        criterion, ratio, len(blocks), [blocks[i].name for i in sorted(drop)], before, param_count(model), results
     )
     return model, info

@@ -23,11 +23,6 @@ def check_ratio(ratio: float) -> None:
         raise HwpruneError(f"ratio {ratio} is outside [0, 1); give the fraction of heads/blocks to remove")
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries of the model."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Replace the submodule called `name` (a dotted path, as in `named_modules`) by `new`, in place."""
     parent_name, _, child = name.rpartition(".")

@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from hwprune.apply.common import calibration_batches, check_ratio, count_params, set_module
+from hwprune.apply.common import calibration_batches, check_ratio, set_module
 from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import param_count
 from hwprune.importance import CRITERIA, HEAD, Stats, collect_stats, get_criterion, resolve_params
 
 
@@ -389,7 +390,7 @@ def prune_heads(
         raise HwpruneError("the model has no nn.MultiheadAttention whose heads can be pruned")
     scores = score_heads(model, example_inputs, criterion, batches, loss_fn, seed, params)
     drop = select_heads(scores, ratio, scope, crit.comparable or criterion == "random")
-    before = count_params(model)
+    before = param_count(model)
     pruned = (
         remove_heads(model, drop, inplace=inplace)
         if any(drop.values())
@@ -406,7 +407,7 @@ def prune_heads(
         sum(r.heads_before for r in layers),
         sum(r.heads_after for r in layers),
         before,
-        count_params(pruned),
+        param_count(pruned),
         layers,
     )
     return pruned, info

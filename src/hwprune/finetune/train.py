@@ -95,7 +95,3 @@ def train(
     batches = data.epochs(epochs, batch_size, seed)
     return train_steps(model, batches, lr, teacher, desc, progress, loss_fn=loss_fn)
 
-
-def epoch_batches(data: Dataset, epochs: int, batch_size: int = 128, seed: int = 0):
-    """`epochs` passes over the training split, each in a seeded random order, as (x, y) batches."""
-    return data.epochs(epochs, batch_size, seed)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import as_tuple, call, run_hooked
+from hwprune.core.modules import as_tuple, call, eval_mode, run_hooked
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -160,12 +160,8 @@ def analyze(
     forward pass (`unsafe_groups`; `probe=False` skips that check). The model is traced in eval mode, so
     BatchNorm statistics are not touched.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _analyze(model, example_inputs, min_keep, ignored, probe)
-    finally:
-        model.train(was_training)
 
 
 def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: int) -> LayerInfo:

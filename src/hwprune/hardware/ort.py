@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import eval_mode
 from hwprune.hardware.fingerprint import fingerprint
 from hwprune.hardware.targets import CpuTarget, register_target
 from hwprune.hardware.timing import Timing, time_interleaved
@@ -63,10 +64,8 @@ def _input_arrays(inputs) -> dict[str, np.ndarray]:
 
 def _export(model: nn.Module, inputs, f) -> None:
     args, kwargs = _as_args(inputs)
-    was_training = model.training
-    model.eval()
     try:
-        with warnings.catch_warnings():
+        with eval_mode(model), warnings.catch_warnings():
             # The TorchScript exporter warns that it is deprecated, and about traced Python numbers; the
             # exported graph is checked by running it in ORT, so these say nothing about this model.
             warnings.simplefilter("ignore")
@@ -88,8 +87,6 @@ def _export(model: nn.Module, inputs, f) -> None:
             f"cannot export {type(model).__name__} to ONNX ({type(e).__name__}: {msg}); "
             "use a torch target (e.g. --target cpu) for this model"
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def onnx_bytes(model: nn.Module, inputs) -> bytes:

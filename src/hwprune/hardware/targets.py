@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import call
 from hwprune.hardware.fingerprint import fingerprint, fingerprint_key, physical_cores
 from hwprune.hardware.timing import (
     FAST_PROTOCOL,
@@ -78,12 +80,6 @@ def get_target(name: str, **kwargs):
     raise HwpruneError(f"unknown target '{name}'; choose one of: {names} (or a spec .yaml file)")
 
 
-def _call(model: nn.Module, inputs):
-    if isinstance(inputs, dict):
-        return lambda: model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return lambda: model(*inputs)
-    return lambda: model(inputs)
 
 
 @register_target("cpu")
@@ -115,7 +111,7 @@ class CpuTarget:
     def runner(self, model: nn.Module, inputs):
         """A no-argument callable that runs `model` on `inputs` once, as this target times it."""
         model.eval()
-        return _call(model, inputs)
+        return functools.partial(call, model, inputs)
 
     def time_layer(self, layer: nn.Module, x: torch.Tensor) -> Timing:
         return time_interleaved([self.runner(layer, x)], self.table_protocol)[0]

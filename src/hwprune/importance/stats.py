@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import call
+from hwprune.core.modules import call, eval_mode
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.importance.criteria import CRITERIA, Batches, Criterion
 
@@ -44,20 +44,6 @@ def to_device(x, device):
     return x
 
 
-class EvalMode:
-    """Eval mode for the duration; the caller's mode comes back afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-
-
 def _gradient_stats(
     model: nn.Module, batches: Batches, loss_fn: Callable, want_sq: bool
 ) -> tuple[dict[nn.Parameter, torch.Tensor], dict[nn.Parameter, torch.Tensor]]:
@@ -70,7 +56,7 @@ def _gradient_stats(
     g_sum: dict[nn.Parameter, torch.Tensor] = {}
     sq_sum: dict[nn.Parameter, torch.Tensor] = {}
     device = model_device(model)
-    with EvalMode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for x, y in batches:
             loss = loss_fn(call(model, to_device(x, device)), to_device(y, device))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -91,7 +77,7 @@ def _hooked_passes(model: nn.Module, hooks: list[tuple[nn.Module, Callable]], in
     handles = [m.register_forward_hook(fn) for m, fn in hooks]
     device = model_device(model)
     try:
-        with EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x in inputs:
                 call(model, to_device(x, device))
     finally:

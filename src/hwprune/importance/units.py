@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import call
+from hwprune.core.modules import call, eval_mode
 from hwprune.importance.criteria import BLOCK, CHANNEL, register_criterion
-from hwprune.importance.stats import EvalMode, channel_dim, model_device, out_members, output_stats, to_device
+from hwprune.importance.stats import channel_dim, model_device, out_members, output_stats, to_device
 
 
 @register_criterion(
@@ -107,7 +107,7 @@ def _loss_change(model, analysis, batches, loss_fn, p):
 
         return hook
 
-    with EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         dev_batches = [(to_device(x, device), to_device(y, device)) for x, y in batches]
         base = [float(loss_fn(call(model, x), y)) for x, y in dev_batches]
         for g in analysis.groups:

@@ -23,6 +23,7 @@ from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
 from hwprune.cost.resources import FigureTarget, count
 from hwprune.evaluate.metrics import Metric
+from hwprune.export.model import object_source
 from hwprune.finetune.train import train_steps
 from hwprune.hardware.base import Target
 from hwprune.hardware.targets import get_target
@@ -51,11 +52,6 @@ class PruneResult:
     def save(self, directory: str | Path) -> Path:
         """model/ (spec.json + safetensors), plan.json, report.json and report.md, written atomically."""
         return write_outputs(directory, self)
-
-
-def object_source(model: nn.Module) -> dict:
-    cls = type(model)
-    return {"kind": "object", "class": f"{cls.__module__}.{cls.__qualname__}"}
 
 
 def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConfig:

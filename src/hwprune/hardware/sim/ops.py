@@ -54,6 +54,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from hwprune.core.modules import call
 from hwprune.hardware.sim.spec import DTYPE_BYTES, HardwareSpec
 
 #: Bumped whenever the formulas change, so cached tables built with an older model are not reused.
@@ -379,14 +380,6 @@ def function_costs(ops: OpModel, func, args, kwargs, out) -> list[OpCost]:
     return [ops.elementwise(name, sum(t.numel() for t in ins) + sum(t.numel() for t in outs))]
 
 
-def _run(model: nn.Module, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def profile(model: nn.Module, inputs, ops: OpModel) -> list[OpCost]:
     """Run the model once on this machine (for shapes) and cost every op it runs, in order."""
     prof = _Profiler(ops)
@@ -395,7 +388,7 @@ def profile(model: nn.Module, inputs, ops: OpModel) -> list[OpCost]:
     handles += [m.register_forward_hook(prof.post_hook) for m in mods]
     try:
         with torch.no_grad(), prof:
-            _run(model, inputs)
+            call(model, inputs)
     finally:
         for h in handles:
             h.remove()
