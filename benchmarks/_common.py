@@ -12,7 +12,7 @@ def run(cfg_kwargs: dict, progress: bool = False) -> dict:
 
     t0 = time.perf_counter()
     result = run_options(cfg_kwargs, progress=progress)
-    r = result.report
+    r = result.report.to_dict()
     r["wall_s"] = time.perf_counter() - t0
     return r
 

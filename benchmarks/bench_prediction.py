@@ -79,7 +79,7 @@ def run_case(name: str, batch: int, target_name: str) -> dict:
     cfg = PruneConfig.from_dict({"budget": "latency=0.5", "target": target_name, "finetune_epochs": 0})
     result = prune_spec(spec, batch_size=batch, input_shape=shape, config=cfg, progress=False)
     example = resolve(spec, batch, shape, False).example_inputs
-    r = result.report
+    r = result.report.to_dict()
     # The same target settings and cache as the pipeline: the table is read back, not measured again.
     target = get_target(target_name, threads=cfg.target.threads)
     rep = validate(

@@ -55,7 +55,7 @@ def main() -> None:
     reports, why, share = {}, {}, {}
     for t in a.targets:
         cfg = PruneConfig.from_dict({"budget": a.budget, "target": t, "criterion": "l1"})
-        r = prune_spec(a.model, batch_size=a.batch_size, config=cfg, progress=False).report
+        r = prune_spec(a.model, batch_size=a.batch_size, config=cfg, progress=False).report.to_dict()
         reports[t] = r
         print(
             f"{t}: pruned/dense {r['latency_ratio']:.3f}, budget {'met' if r['budget']['met'] else 'NOT met'}",

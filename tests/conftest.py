@@ -3,10 +3,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn as nn
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 os.environ["HWPRUNE_TIMING"] = "fast"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where torch sees none (CI never has one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +39,6 @@ def tiny_file():
 # A deterministic target for pipeline tests: latency is a formula of the layer shapes, not a measurement,
 # so the closed loop and the budget check are exercised without timing noise. Registered the way a user
 # adds a target.
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 
 from hwprune.core.modules import call  # noqa: E402
 from hwprune.hardware.targets import register_target

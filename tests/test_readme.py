@@ -49,7 +49,7 @@ def test_prune_takes_dict_example_inputs_and_dict_batches(tmp_path):
     )
     assert result.model.fc1.out_features == 32  # half of the hidden neurons removed, fc2 narrowed with them
     assert result.model(**inputs).shape == (32, 4)
-    assert result.report["pruned"]["accuracy"] is not None
+    assert result.report.pruned.accuracy is not None
     result.save(tmp_path / "kw")
     back = hwprune.load(tmp_path / "kw" / "model", model=KeywordNet())
     torch.testing.assert_close(back(**inputs), result.model(**inputs))
@@ -77,4 +77,4 @@ def test_unlabelled_batches_finetune_by_distillation():
         finetune=1,
         progress=False,
     )
-    assert result.report["pruned"]["accuracy"] is None and result.model.fc1.out_features == 48
+    assert result.report.pruned.accuracy is None and result.model.fc1.out_features == 48

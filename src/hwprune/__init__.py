@@ -23,6 +23,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 _API = {
     "prune": "hwprune.pipeline.api:prune",
     "PruneResult": "hwprune.pipeline.api:PruneResult",
+    "Report": "hwprune.report.schema:Report",
     "PruneConfig": "hwprune.pipeline.config:PruneConfig",
     "MethodConfig": "hwprune.pipeline.config:MethodConfig",
     "LoopConfig": "hwprune.pipeline.config:LoopConfig",

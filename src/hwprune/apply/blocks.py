@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hwprune.apply.common import calibration_batches, check_ratio, mean_loss, set_module
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import param_count, run_hooked
+from hwprune.core.registry import Registry
 from hwprune.groups.analysis import PRUNABLE_TYPES
 from hwprune.importance import BLOCK, CRITERIA, Stats, collect_stats, resolve_params
 
@@ -115,22 +116,21 @@ def find_blocks(model: nn.Module, example_inputs) -> list[BlockInfo]:
 
 
 BlockScorer = Callable[[nn.Module, list[BlockInfo], dict], list[float]]
-BLOCK_CRITERIA: dict[str, tuple[BlockScorer, str]] = {}
+BLOCK_CRITERIA: Registry[BlockScorer] = Registry("block criterion", "--criterion")
 
 
 def register_block_criterion(name: str, description: str):
     """Decorator: a block-level criterion `(model, blocks, ctx) -> scores` (higher = keep)."""
 
     def wrap(fn: BlockScorer) -> BlockScorer:
-        BLOCK_CRITERIA[name] = (fn, description)
-        return fn
+        return BLOCK_CRITERIA.register(name, fn, description)
 
     return wrap
 
 
 def block_criteria() -> dict[str, str]:
     """Every name `prune_blocks` accepts: block-level criteria and hwprune.importance's element criteria."""
-    out = {n: d for n, (_, d) in BLOCK_CRITERIA.items()}
+    out = {n: BLOCK_CRITERIA.describe(n) for n in BLOCK_CRITERIA}
     for n, c in CRITERIA.items():
         if BLOCK in c.granularities and c.element is not None:
             out.setdefault(n, f"mean over the block's weights of: {c.description}")
@@ -217,7 +217,7 @@ def score_blocks(
     when none are given (as `hwprune prune` does without --data).
     """
     _check_block_criterion(criterion)
-    crit = CRITERIA.get(criterion) if criterion not in BLOCK_CRITERIA else None
+    crit = CRITERIA[criterion] if criterion not in BLOCK_CRITERIA and criterion in CRITERIA else None
     p = resolve_params(crit, params) if crit is not None else {}
     blocks = find_blocks(model, example_inputs) if blocks is None else blocks
     if not blocks:
@@ -232,7 +232,7 @@ def score_blocks(
         "params": p,
         "generator": torch.Generator().manual_seed(seed),
     }
-    fn = BLOCK_CRITERIA[criterion][0] if criterion in BLOCK_CRITERIA else _element_criterion
+    fn = BLOCK_CRITERIA.get(criterion) if criterion in BLOCK_CRITERIA else _element_criterion
     return blocks, [float(v) for v in fn(model, blocks, ctx)]
 
 

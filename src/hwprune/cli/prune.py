@@ -13,6 +13,7 @@ from hwprune.pipeline.config import PruneConfig, flat_fields, options
 from hwprune.pipeline.granularity import SCHEDULES
 from hwprune.plan.select import SELECTIONS
 from hwprune.report.files import budget_lines, prepare_out, text_table
+from hwprune.report.schema import Report
 from hwprune.zoo.specs import SPEC_HELP
 
 DEMO_BATCH = 64
@@ -127,20 +128,20 @@ def cmd_prune(a: argparse.Namespace) -> int:
     out = result.save(inputs["out"])
     _print_summary(result.report)
     print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
-    return 0 if result.report["budget"]["met"] else 1
+    return 0 if result.report.budget.met else 1
 
 
-def _print_summary(r: dict) -> None:
+def _print_summary(r: Report) -> None:
     print()
     print(text_table(r))
     print()
-    if r["predicted_latency_ms"] is not None:
+    if r.predicted_latency_ms is not None:
         print(
-            f"predicted {r['predicted_latency_ms']:.3f} ms, measured {r['measured_latency_ms']:.3f} ms "
-            f"({100 * r['prediction_error']:+.1f}%)"
+            f"predicted {r.predicted_latency_ms:.3f} ms, measured {r.measured_latency_ms:.3f} ms "
+            f"({100 * r.prediction_error:+.1f}%)"
         )
     print("\n".join(line.replace("**", "").replace("`", "").lstrip("- ") for line in budget_lines(r)))
-    for note in r.get("notes", []):
+    for note in r.notes:
         print(f"note: {note}")
 
 

@@ -45,7 +45,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._entries:
             where = f" for {self.flag}" if self.flag else ""
-            raise HwpruneError(f"unknown {self.kind} '{name}'{where}; choose one of: {', '.join(self.names())}")
+            raise HwpruneError(f"unknown {self.kind} '{name}'{where}; choose one of: {', '.join(sorted(self.names()))}")
         return self._entries[name]
 
     __getitem__ = get
@@ -59,6 +59,9 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return list(self._entries.items())
+
+    def values(self) -> list[T]:
+        return list(self._entries.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

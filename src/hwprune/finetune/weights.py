@@ -121,8 +121,9 @@ class _Masking:
     """Masks `layers` of `model` to a target sparsity on demand, nested on its earlier masks, and records each
     masking in `history`."""
 
-    def __init__(self, model: nn.Module, data, cfg: WeightPruneConfig, layers: list[str], scorer: Scorer):
+    def __init__(self, model: nn.Module, data, cfg: WeightPruneConfig, layers: list[str], scorer: Scorer, loss_fn=None):
         self.model, self.data, self.cfg, self.layers, self.scorer = model, data, cfg, layers, scorer
+        self.loss_fn = loss_fn  # the label term of fine-tuning (None: cross-entropy)
         self.pattern = parse_pattern(cfg.pattern)
         self.history: list[dict] = []
 
@@ -168,12 +169,12 @@ def _layers_to_mask(model: nn.Module, cfg: WeightPruneConfig, example) -> list[s
     return layers
 
 
-def _default_scorer(data, cfg: WeightPruneConfig) -> Scorer:
+def _default_scorer(data, cfg: WeightPruneConfig, loss_fn=None) -> Scorer:
     """`importance.weight_scores` with the config's criterion on `calib_batches` training batches."""
     calib = data.calibration(cfg.calib_batches, cfg.seed) if data is not None else []
 
     def scorer(m, names):
-        return weight_scores(m, cfg.criterion, calib, layers=names)
+        return weight_scores(m, cfg.criterion, calib, layers=names, loss_fn=loss_fn)
 
     return scorer
 
@@ -185,7 +186,8 @@ def _iterative(masking: _Masking, batches: list, teacher, progress: bool) -> Non
         masking.mask_to(target, r * per)
         masking.recalibrate()
         chunk = batches[r * per : (r + 1) * per]
-        train_steps(model, chunk, cfg.lr, teacher, desc=f"round {r + 1}/{cfg.rounds}", progress=progress)
+        desc = f"round {r + 1}/{cfg.rounds}"
+        train_steps(model, chunk, cfg.lr, teacher, desc=desc, progress=progress, loss_fn=masking.loss_fn)
 
 
 def _gradual(masking: _Masking, batches: list, teacher, progress: bool) -> None:
@@ -205,7 +207,16 @@ def _gradual(masking: _Masking, batches: list, teacher, progress: bool) -> None:
         if callback(step):
             _clear_pruned_moments(model, opt)
 
-    train_steps(model, batches, cfg.lr, teacher, desc="gradual pruning", progress=progress, before_step=before_step)
+    train_steps(
+        model,
+        batches,
+        cfg.lr,
+        teacher,
+        desc="gradual pruning",
+        progress=progress,
+        before_step=before_step,
+        loss_fn=masking.loss_fn,
+    )
     if not history or history[-1]["target"] < cfg.sparsity:
         masking.mask_to(cfg.sparsity, len(batches))  # the ramp ended with training (ramp = 1 or few steps)
         masking.recalibrate()
@@ -219,6 +230,7 @@ def prune_weights(
     scorer: Scorer | None = None,
     progress: bool = False,
     example=None,
+    loss_fn: Callable | None = None,
     **overrides,
 ) -> WeightPruneResult:
     """Mask `model`'s weights to a pattern and sparsity on a schedule, fine-tuning on `data` (in place).
@@ -230,10 +242,12 @@ def prune_weights(
     After each masking outside training (one-shot, iterative rounds) BatchNorm statistics are
     re-estimated on `bn_batches` batches; with `epochs=0` the result is the masks alone. Without data
     (`data=None`, a data-free criterion such as l1) `example` inputs name the layers and nothing trains.
+    `loss_fn(outputs, targets)` is the label term of fine-tuning and of gradient criteria (default
+    cross-entropy).
     """
     cfg = _merged_config(config, overrides)
     layers = _layers_to_mask(model, cfg, data.sample_inputs() if data is not None else example)
-    masking = _Masking(model, data, cfg, layers, scorer or _default_scorer(data, cfg))
+    masking = _Masking(model, data, cfg, layers, scorer or _default_scorer(data, cfg, loss_fn), loss_fn)
 
     torch.manual_seed(cfg.seed)
     # The same seeded order as hwprune.finetune.train.train, so every schedule sees the same batches.
@@ -242,7 +256,7 @@ def prune_weights(
     if cfg.schedule == "one-shot":
         masking.mask_to(cfg.sparsity, 0)
         masking.recalibrate()
-        train_steps(model, batches, cfg.lr, teacher, desc="fine-tuning", progress=progress)
+        train_steps(model, batches, cfg.lr, teacher, desc="fine-tuning", progress=progress, loss_fn=loss_fn)
     elif cfg.schedule == "iterative":
         _iterative(masking, batches, teacher, progress)
     else:

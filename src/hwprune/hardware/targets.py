@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
+from hwprune.core.registry import Registry
 from hwprune.hardware.fingerprint import fingerprint, fingerprint_key, physical_cores
 from hwprune.hardware.timing import (
     FAST_PROTOCOL,
@@ -30,7 +31,7 @@ from hwprune.hardware.timing import (
 #:   device_key() -> str                    a stable hash of the fingerprint: the latency-table key
 #:   time_layer(layer, x) -> Timing         latency of one freshly built layer on input x (the table's entries)
 #:   time_models(models, inputs, final=False) -> list[Timing]   interleaved whole-model latency
-TARGETS: dict[str, type] = {}
+TARGETS: Registry[type] = Registry("target", "--target")
 #: Resolvers for names that are not fixed registry entries (e.g. `sim:jetson-orin-nano`, `my-board.yaml`):
 #: each takes the name and returns a factory (called with the target kwargs) or None if the name is not its.
 RESOLVERS: list[Callable[[str], Callable[..., object] | None]] = []
@@ -41,8 +42,7 @@ _BUILTIN_MODULES = ("hwprune.hardware.ort", "hwprune.hardware.cuda", "hwprune.ha
 def register_target(name: str):
     def wrap(cls):
         cls.name = name
-        TARGETS[name] = cls
-        return cls
+        return TARGETS.register(name, cls, getattr(cls, "description", ""))
 
     return wrap
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.registry import Registry
 from hwprune.groups.analysis import GroupAnalysis
 
 CHANNEL, HEAD, BLOCK, WEIGHT = "channel", "head", "block", "weight"
@@ -86,7 +87,7 @@ class Criterion:
         return bool(self.needs)
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("criterion", "--criterion")
 
 
 def register_criterion(
@@ -108,7 +109,7 @@ def register_criterion(
     """
 
     def wrap(fn):
-        CRITERIA[name] = Criterion(
+        crit = Criterion(
             name,
             description,
             tuple(granularities),
@@ -120,15 +121,14 @@ def register_criterion(
             finish,
             fn if unit else None,
         )
+        CRITERIA.register(name, crit, description)
         return fn
 
     return wrap
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise HwpruneError(f"unknown criterion '{name}'; choose one of: {', '.join(sorted(CRITERIA))}")
-    return CRITERIA[name]
+    return CRITERIA.get(name)
 
 
 def list_criteria() -> list[tuple[str, str, tuple[str, ...]]]:

@@ -157,7 +157,8 @@ def collect_stats(
     batches is a HwpruneError naming the criteria that need none."""
     if crit.needs_data and not batches:
         raise HwpruneError(
-            f"criterion '{crit.name}' needs calibration data; pass --data or choose one of: "
+            f"criterion '{crit.name}' needs calibration data: pass data=... (--data on the command line) "
+            "or choose one of: "
             + ", ".join(sorted(c.name for c in CRITERIA.values() if not c.needs_data))
         )
     got = CollectedStats()

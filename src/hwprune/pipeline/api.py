@@ -33,8 +33,7 @@ from hwprune.pipeline.context import METHODS, Outcome, Run
 from hwprune.pipeline.figures import final_figures
 from hwprune.pipeline.methods import method_kind, weight_sparsity
 from hwprune.report.files import write_outputs
-
-REPORT_FORMAT = "hwprune-report/1"
+from hwprune.report.schema import Report
 
 
 @dataclass
@@ -44,7 +43,7 @@ class PruneResult:
     model: nn.Module
     dense: nn.Module
     plan: object  # plan.Plan for the budget method, methods.MethodRecord for the others
-    report: dict
+    report: Report
     #: How to rebuild the architecture when loading (`{"kind": "torchvision", "name": ...}`); a model passed
     #: in as an object records its class, and `hwprune.load(dir, model=MyNet())` rebuilds it.
     source: dict = field(default_factory=dict)
@@ -124,29 +123,28 @@ def _finetune(run: Run, out: Outcome) -> None:
     train_steps(out.model, batches, ft.lr, run.dense, "fine-tuning (KD)", run.progress, loss_fn=run.loss_fn)
 
 
-def _report(run: Run, kind: str, out: Outcome, figures: dict, model_name: str | None) -> dict:
+def _report(run: Run, kind: str, out: Outcome, figures: dict, model_name: str | None) -> Report:
     s = out.sections
     predicted = s.get("predicted_s")
     final_s = figures["measured_latency_ms"] / 1e3
-    report = {
-        "format": REPORT_FORMAT,
-        "model": model_name or type(run.dense).__name__,
-        "settings": {**run.cfg.to_dict(), "criterion": run.criterion, "method_kind": kind, **s.get("settings", {})},
+    report = Report(
+        model=model_name or type(run.dense).__name__,
+        settings={**run.cfg.to_dict(), "criterion": run.criterion, "method_kind": kind, **s.get("settings", {})},
         **figures,
-        "predicted_latency_ms": predicted * 1e3 if predicted is not None else None,
-        "predicted_ratio": predicted / s["t_plan"] if predicted is not None else None,
-        "prediction_error": (predicted - final_s) / final_s if predicted is not None else None,
-        "latency_table": s.get("latency_table"),
-        "loop": s.get("loop", []),
-        "groups": s.get("groups", []),
-        "data": run.data.description if run.data is not None else None,
-        "notes": s.get("notes", []),
-        "stages": run.stages,
-    }
-    report["pruned"]["accuracy_oneshot"] = out.score_oneshot
+        predicted_latency_ms=predicted * 1e3 if predicted is not None else None,
+        predicted_ratio=predicted / s["t_plan"] if predicted is not None else None,
+        prediction_error=(predicted - final_s) / final_s if predicted is not None else None,
+        latency_table=s.get("latency_table"),
+        loop=s.get("loop", []),
+        groups=s.get("groups", []),
+        data=run.data.description if run.data is not None else None,
+        notes=s.get("notes", []),
+        stages=run.stages,
+    )
+    report.pruned.accuracy_oneshot = out.score_oneshot
     if kind != "budget":
-        report["method"] = out.plan.to_dict()
-        report["weight_sparsity"] = weight_sparsity(out.model)
+        report.method = out.plan.to_dict()
+        report.weight_sparsity = weight_sparsity(out.model)
     return report
 
 
@@ -180,7 +178,8 @@ def prune(
             validation) pair of them; unlabelled batches fine-tune by distillation from the dense model.
         finetune: epochs, or a FinetuneConfig / dict (epochs, lr, batch_size).
         method: a MethodConfig / dict (criterion, granularity, selection, sparsity, schedule, ...).
-        loss_fn: loss(outputs, targets) for fine-tuning's label term (default cross-entropy).
+        loss_fn: loss(outputs, targets): the label term of fine-tuning, of gradient criteria (taylor, ...) and
+            of the sensitivity probes (default cross-entropy).
         metric: metric(outputs, targets) -> batch mean (default top-1 accuracy).
         config: a whole PruneConfig (or its dict); the keyword arguments above override it.
     """
@@ -204,7 +203,7 @@ def prune(
     run.stages["total_s"] = time.perf_counter() - t_start
     report = _report(run, kind, out, figures, model_name)
     if kind == "budget":
-        out.plan.meta.update(measured_latency_ms=figures["measured_latency_ms"], fingerprint=report["fingerprint"])
+        out.plan.meta.update(measured_latency_ms=figures["measured_latency_ms"], fingerprint=report.fingerprint)
     return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model))
 
 

@@ -27,6 +27,7 @@ from hwprune.pipeline.loop import ClosedLoop, Constraint
 from hwprune.pipeline.sensitivity import LossProbe, group_sensitivity, refine_by_loss
 from hwprune.plan.allocate import Problem, allocate_constrained, get_allocator, trust_region
 from hwprune.plan.plan import make_plan
+from hwprune.report.schema import GroupWidth, TableBuild
 
 #: Distillation steps (batches of 64) each candidate plan gets before its loss steers the hw allocator
 #: (NetAdapt's short-term fine-tuning, Yang et al. 2018).
@@ -45,13 +46,13 @@ def _latency_table(run: Run, analysis):
     seconds = time.perf_counter() - t0
     run.stages["latency_table_s"] = seconds
     run.log(f"latency table: {profiler.measured} entries measured, {cache.hits} from cache ({seconds:.1f} s)")
-    table = {
-        "entries_measured": profiler.measured,
-        "cache_hits": cache.hits,
-        "seconds": seconds,
-        "cache": str(cache.path),
-        "device_key": profiler.device,
-    }
+    table = TableBuild(
+        entries_measured=profiler.measured,
+        cache_hits=cache.hits,
+        seconds=seconds,
+        cache=str(cache.path),
+        device_key=profiler.device,
+    )
     return CostModel(analysis, curves), table
 
 
@@ -99,10 +100,12 @@ def _allocate(allocator, plain, problem: Problem, constraints: list[Constraint])
 
 def _loss_refined(run: Run, plain, problem: Problem, analysis, scores, bn_batches, eval_batches):
     """hw with measured sensitivity: the knapsack's answer, refined on the joint loss within the trust region."""
-    one_shot = LossProbe(run.dense, run.example, analysis, scores, bn_batches, eval_batches)
+    one_shot = LossProbe(run.dense, run.example, analysis, scores, bn_batches, eval_batches, run.loss_fn)
     problem.widths_value = group_sensitivity(one_shot, analysis, progress=run.progress)
     short_ft = run.data.calibration(SHORT_FINETUNE_STEPS, seed=run.cfg.seed + 1)
-    probe = LossProbe(run.dense, run.example, analysis, scores, bn_batches, eval_batches, train_batches=short_ft)
+    probe = LossProbe(
+        run.dense, run.example, analysis, scores, bn_batches, eval_batches, run.loss_fn, train_batches=short_ft
+    )
     uniform = get_allocator("uniform")
 
     def allocator(problem, aim):
@@ -159,9 +162,11 @@ def budget_method(run: Run) -> Outcome:
     analysis = analyze(run.dense, run.example, lp.min_keep)
     calib = run.calibration(2 * lp.calib_batches if run.data is not None else lp.calib_batches, cfg.seed)
     # With data: the first half re-estimates BN statistics and scores channels; the disjoint second half
-    # measures the losses that steer the allocation.
-    calib, eval_batches = (calib[: lp.calib_batches], calib[lp.calib_batches :]) if run.data else (calib, calib)
-    scores = compute_scores(run.dense, analysis, run.criterion, calib, seed=cfg.seed)
+    # measures the losses that steer the allocation. A user's loader may hold fewer batches than asked for:
+    # it is then split in two halves (one batch: used for both, rather than steering on an empty loss).
+    half = min(lp.calib_batches, max(1, len(calib) // 2))
+    calib, eval_batches = (calib[:half], calib[half:] or calib[:half]) if run.data else (calib, calib)
+    scores = compute_scores(run.dense, analysis, run.criterion, calib, seed=cfg.seed, loss_fn=run.loss_fn)
     value_mode = lp.value if lp.value != "auto" else ("sensitivity" if run.data is not None else "scores")
     bn_batches = calib if run.data is not None else []  # real data: every plan's BN statistics re-estimated
     run.stages["groups_importance_s"] = time.perf_counter() - t0
@@ -220,7 +225,7 @@ def budget_method(run: Run) -> Outcome:
         "predicted_s": predicted,
         "latency_table": table,
         "loop": loop.history,
-        "groups": [{"id": g.id, "size": g.size, "width": g.width} for g in plan.groups],
+        "groups": [GroupWidth(id=g.id, size=g.size, width=g.width) for g in plan.groups],
         "dense_figures": {c.kind: c.dense for c in constraints},
     }
     return Outcome(pruned, plan, run.score(pruned), sections=sections)

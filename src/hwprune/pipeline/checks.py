@@ -95,6 +95,12 @@ def check_config(cfg) -> None:
 def check_data(cfg, data) -> None:
     """The settings that need data, against whether the run has any."""
     if cfg.finetune.epochs > 0 and data is None:
-        raise HwpruneError("--finetune-epochs needs --data (fine-tuning trains on it)")
+        raise HwpruneError(
+            f"fine-tuning for {cfg.finetune.epochs} epoch(s) needs data to train on: pass data=... to hwprune.prune "
+            "(--data on the command line), or set finetune epochs to 0 (--finetune-epochs 0)"
+        )
     if cfg.loop.value == "sensitivity" and data is None:
-        raise HwpruneError("--value sensitivity measures calibration loss: it needs --data")
+        raise HwpruneError(
+            "value 'sensitivity' (--value) measures calibration loss: pass data=... to hwprune.prune (--data on the "
+            "command line), or use value 'scores'"
+        )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from hwprune.core.budget import Budget, format_amount
 from hwprune.core.errors import HwpruneError
+from hwprune.report.schema import LoopFigure, LoopStep
 
 #: Aim the measured latency at 91% of the budget. The interleaved pruned/dense ratio of the same two
 #: models moved by up to 4.6% between the loop's measurement and the final one minutes later on this
@@ -111,7 +112,7 @@ class ClosedLoop:
     confirm: bool = False
     on_first_miss: Callable[[], None] | None = None
     log: Callable[[str], None] = print
-    history: list[dict] = field(default_factory=list)
+    history: list[LoopStep] = field(default_factory=list)
 
     def _measured(self, model) -> list[float]:
         measured = self.measure(model)
@@ -124,12 +125,11 @@ class ClosedLoop:
         return measured
 
     def _record(self, it: int, predicted: list[float], measured: list[float]) -> None:
-        row: dict = {"iteration": it + 1}
-        for c, pr, m in zip(self.constraints, predicted, measured, strict=True):
-            row[c.kind] = {"aim": c.aim, "predicted": pr, "measured": m, "used": m / c.limit}
-            if c.kind == "latency":
-                row.update(aim_ms=c.aim * 1e3, predicted_ms=pr * 1e3, measured_ms=m * 1e3, budget_used=m / c.limit)
-        self.history.append(row)
+        figures = {
+            c.kind: LoopFigure(aim=c.aim, predicted=pr, measured=m, used=m / c.limit)
+            for c, pr, m in zip(self.constraints, predicted, measured, strict=True)
+        }
+        self.history.append(LoopStep(iteration=it + 1, budgets=figures))
         self.log(
             f"  loop {it + 1}: "
             + "; ".join(
@@ -164,10 +164,10 @@ class ClosedLoop:
         return max(candidates, key=lambda c: c.value)
 
     def _none_met(self) -> str:
-        closest = min(self.history, key=lambda h: max(h[c.kind]["used"] for c in self.constraints))
+        closest = min(self.history, key=lambda h: max(h.budgets[c.kind].used for c in self.constraints))
         texts = ",".join(c.budget.text for c in self.constraints)
         return (
             f"no plan met the budget {texts} in {self.max_iters} iterations (closest: "
-            + ", ".join(f"{c.kind} {closest[c.kind]['used']:.0%} of its limit" for c in self.constraints)
+            + ", ".join(f"{c.kind} {closest.budgets[c.kind].used:.0%} of its limit" for c in self.constraints)
             + "); raise the budget or --max-iters"
         )

@@ -44,6 +44,7 @@ from hwprune.pipeline.context import METHODS, Outcome, Run
 from hwprune.pipeline.granularity import parse_granularity, ramp
 from hwprune.plan.plan import make_plan
 from hwprune.plan.select import select
+from hwprune.report.schema import GroupWidth
 
 #: Weight masks leave tensors dense: said in every weight-level report.
 DENSE_KERNELS_NOTE = (
@@ -94,18 +95,20 @@ def _steps(m) -> list[float]:
     return out
 
 
-def _cut_units(kind: str, model, example, criterion, calib, m, seed: int, rule: str, kwargs: dict):
+def _cut_units(kind: str, model, run: Run, calib, rule: str, kwargs: dict):
     """One round at unit granularity: score, select, remove. Returns (model, {set: units removed})."""
+    example, criterion, m, seed = run.example, run.criterion, run.cfg.method, run.cfg.seed
+    common = {"seed": seed, "params": m.criterion_params, "loss_fn": run.loss_fn}
     if kind == "channel":
         analysis = analyze(model, example, min_keep=0.0)
-        scores = compute_scores(model, analysis, criterion, calib, seed=seed, params=m.criterion_params)
+        scores = compute_scores(model, analysis, criterion, calib, **common)
         keep = select(rule, normalized(scores, criterion), **kwargs)
         widths = {g: int(k.sum()) for g, k in keep.items()}
         sizes = {g.id: g.size for g in analysis.groups}
         model = apply_plan(model, example, make_plan(widths, scores, sizes))
         return model, {g: sizes[g] - w for g, w in widths.items() if w < sizes[g]}
     if kind == "head":
-        scores = score_heads(model, example, criterion, calib, seed=seed, params=m.criterion_params)
+        scores = score_heads(model, example, criterion, calib, **common)
         crit = get_criterion(criterion)
         sets = {n: s.double().numpy() for n, s in scores.items()}
         if not crit.comparable:  # global ranking needs comparable units: each layer relative to its mean
@@ -115,7 +118,7 @@ def _cut_units(kind: str, model, example, criterion, calib, m, seed: int, rule: 
         if any(drop.values()):
             model = remove_heads(model, drop)
         return model, {n: len(d) for n, d in drop.items() if d}
-    blocks, scores = score_blocks(model, example, criterion, calib, seed=seed, params=m.criterion_params)
+    blocks, scores = score_blocks(model, example, criterion, calib, **common)
     if not blocks:
         raise HwpruneError("the model has no removable residual block (x + f(x) with equal shapes)")
     kw = {k: v for k, v in kwargs.items() if k != "scope"}  # blocks are one set: ratio is over all of them
@@ -127,12 +130,14 @@ def _cut_units(kind: str, model, example, criterion, calib, m, seed: int, rule: 
     return model, {name: 1 for name in removed}
 
 
-def _mask_weights(model, example, criterion, calib, m, pattern, rule: str, kwargs: dict) -> dict:
+def _mask_weights(model, run: Run, calib, pattern, rule: str, kwargs: dict) -> dict:
     """One round at weight level with a score rule (threshold, mean-threshold): masks nested on earlier ones."""
     if pattern.kind != "unstructured":
         raise HwpruneError(f"selection '{rule}' works on unstructured weights; {pattern.text} is chosen by ratio")
-    layers = prunable_layers(model, example)
-    scores = weight_scores(model, criterion, calib, params=m.criterion_params, layers=layers)
+    layers = prunable_layers(model, run.example)
+    scores = weight_scores(
+        model, run.criterion, calib, params=run.cfg.method.criterion_params, layers=layers, loss_fn=run.loss_fn
+    )
     current = get_masks(model)
     flat = {n: s.detach().double().flatten().cpu().numpy() for n, s in scores.items()}
     for n in flat:
@@ -162,11 +167,19 @@ def weights_method(run: Run) -> Outcome:
     record = _record(run)
     oneshot = None
     if ft.epochs == 0 or m.schedule == "one-shot":
-        probe = prune_weights(copy.deepcopy(run.dense), run.data, _weight_config(run, pattern, 0), example=run.example)
+        probe = prune_weights(
+            copy.deepcopy(run.dense),
+            run.data,
+            _weight_config(run, pattern, 0),
+            example=run.example,
+            loss_fn=run.loss_fn,
+        )
         oneshot = run.score(probe.model)
     wcfg = _weight_config(run, pattern, ft.epochs)
     model = copy.deepcopy(run.dense)
-    res = prune_weights(model, run.data, wcfg, teacher=run.dense, progress=run.progress, example=run.example)
+    res = prune_weights(
+        model, run.data, wcfg, teacher=run.dense, progress=run.progress, example=run.example, loss_fn=run.loss_fn
+    )
     record.rounds, record.sparsity = res.history, wcfg.sparsity
     return Outcome(res.model, record, oneshot, finetuned=True, sections=_weight_sections(res.model))
 
@@ -181,12 +194,9 @@ def weight_sparsity(model) -> dict:
 
 
 def _one_round(run: Run, model, level: str, pattern, calib, rule: str, kw: dict):
-    m = run.cfg.method
     if level == "weight":
-        return model, _mask_weights(
-            model, run.example, run.criterion, calib, m, pattern or parse_pattern("unstructured"), rule, kw
-        )
-    return _cut_units(level, model, run.example, run.criterion, calib, m, run.cfg.seed, rule, kw)
+        return model, _mask_weights(model, run, calib, pattern or parse_pattern("unstructured"), rule, kw)
+    return _cut_units(level, model, run, calib, rule, kw)
 
 
 def _rounds(run: Run, levels: list[str], steps: list[float], rule: str, kwargs_of) -> Outcome:
@@ -275,7 +285,7 @@ def _weight_config(run: Run, pattern, epochs: int) -> WeightPruneConfig:
     )
 
 
-def _group_widths(dense, pruned, example) -> list[dict]:
+def _group_widths(dense, pruned, example) -> list[GroupWidth]:
     """Dense vs pruned output width of every group root of the dense model."""
     analysis = analyze(dense, example, probe=False)
     mods = dict(pruned.named_modules())
@@ -284,5 +294,5 @@ def _group_widths(dense, pruned, example) -> list[dict]:
         m = mods.get(g.id)
         width = getattr(m, "out_channels", getattr(m, "out_features", None))
         if width is not None:
-            rows.append({"id": g.id, "size": g.size, "width": int(width)})
+            rows.append(GroupWidth(id=g.id, size=g.size, width=int(width)))
     return rows

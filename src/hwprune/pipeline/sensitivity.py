@@ -57,13 +57,14 @@ class LossProbe:
         scores: dict[str, np.ndarray],
         bn_batches: list,
         eval_batches: list,
-        loss_fn: Callable = F.cross_entropy,
+        loss_fn: Callable | None = None,
         train_batches: list | None = None,
         lr: float = 1e-3,
     ):
         self.model, self.example, self.scores = model, example_inputs, scores
         self.sizes = {g.id: g.size for g in analysis.groups}
-        self.bn_batches, self.eval_batches, self.loss_fn = bn_batches, eval_batches, loss_fn
+        self.bn_batches, self.eval_batches = bn_batches, eval_batches
+        self.loss_fn = loss_fn or F.cross_entropy
         self.train_batches, self.lr = train_batches or [], lr
         self._cache: dict[tuple, float] = {}
 
@@ -78,7 +79,9 @@ class LossProbe:
             recalibrate_bn(pruned, self.bn_batches)
             if self.train_batches:
                 torch.manual_seed(0)  # every candidate gets the same short fine-tune
-                train_steps(pruned, self.train_batches, self.lr, teacher=self.model, progress=False)
+                train_steps(
+                    pruned, self.train_batches, self.lr, teacher=self.model, progress=False, loss_fn=self.loss_fn
+                )
             pruned.eval()
             with torch.no_grad():
                 self._cache[key] = float(

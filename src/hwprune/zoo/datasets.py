@@ -9,22 +9,20 @@ import torch
 
 from hwprune.core.data import Dataset
 from hwprune.core.errors import HwpruneError
+from hwprune.core.registry import Registry
 
-DATASETS: dict[str, Callable[[], Dataset]] = {}
+DATASETS: Registry[Callable[[], Dataset]] = Registry("data set", "--data")
 
 
 def register_dataset(name: str):
     def wrap(fn):
-        DATASETS[name] = fn
-        return fn
+        return DATASETS.register(name, fn)
 
     return wrap
 
 
 def get_dataset(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise HwpruneError(f"unknown data set '{name}' for --data; choose one of: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]()
+    return DATASETS.get(name)()
 
 
 _MNIST1D_CACHE: dict[int, Dataset] = {}

@@ -326,7 +326,7 @@ def test_a_callers_own_gradients_are_left_as_they_were():
     assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight)) and model.conv1.weight.grad is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_every_criterion_gives_the_same_scores_on_cuda(name, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs would differ by ~1e-3

@@ -14,7 +14,6 @@ from hwprune.evaluate.validate import validate
 from hwprune.hardware.ort import export_onnx, session_options
 from hwprune.hardware.targets import get_target, list_targets
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def test_measured_targets_are_listed():
@@ -82,7 +81,7 @@ def test_cuda_without_gpu_is_a_one_line_error(monkeypatch):
             get_target(name)
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "name,dtype", [("cuda", torch.float32), ("cuda-fp16", torch.float16), ("cuda-bf16", torch.bfloat16)]
 )
@@ -107,7 +106,7 @@ def test_cuda_targets_copy_to_device_and_dtype(name, dtype):
     assert len({get_target(n).device_key() for n in ("cuda", "cuda-fp16")}) == 2
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_cuda_event_timing_measures_device_time():
     from hwprune.hardware.cuda import time_interleaved_cuda
     from hwprune.hardware.timing import TimingProtocol
@@ -121,7 +120,7 @@ def test_cuda_event_timing_measures_device_time():
     assert 3 < long.median / short.median < 5
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_cuda_settings_are_pinned_and_restored():
     before = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
@@ -197,8 +196,8 @@ def test_prune_end_to_end_on_cpu_ort(tiny_file):
     cfg = dict(model=f"{tiny_file}:tiny_resnet", budget="latency=1s", target="cpu-ort", threads=1, max_iters=2)
     result = run_options(cfg, progress=False)
     r = result.report
-    assert r["budget"]["met"] and r["fingerprint"]["runtime"].startswith("onnxruntime")
-    assert r["latency_table"]["entries_measured"] > 0 and len(r["loop"]) == 2
+    assert r.budget.met and r.fingerprint["runtime"].startswith("onnxruntime")
+    assert r.latency_table.entries_measured > 0 and len(r.loop) == 2
     with torch.no_grad():
         assert result.model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 

@@ -1,53 +1,11 @@
-import json
-
 import numpy as np
 import pytest
-import torch
 from tiny_models import tiny_cnn, tiny_resnet
 
-import hwprune
-from hwprune.apply.channels import apply_plan
-from hwprune.core.errors import HwpruneError
 from hwprune.cost.model import CostModel, Profiler
-from hwprune.export.model import save_model
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
-from hwprune.importance import compute_scores
-from hwprune.plan.plan import GroupPlan, Plan, make_plan
-
-
-def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
-    model, x = tiny_cnn()
-    a = analyze(model, x)
-    # A deterministic target first, so every count is exact (a timed one may re-measure an outlier).
-    cache = LatencyCache(tmp_path / "t.sqlite")
-    p1 = Profiler(get_target("analytic-test"), cache, progress=False)
-    curves1 = p1.build(a)
-    n = cache.count()
-    assert p1.measured == n > 0 and cache.hits == 0
-
-    cache2 = LatencyCache(tmp_path / "t.sqlite")
-    p2 = Profiler(get_target("analytic-test"), cache2, progress=False)
-    curves2 = p2.build(a)
-    assert p2.measured == 0 and cache2.hits == n
-    for k in curves1:
-        np.testing.assert_array_equal(curves1[k].grid, curves2[k].grid)
-
-    cache3 = LatencyCache(tmp_path / "t.sqlite")
-    p3 = Profiler(get_target("cpu", threads=2), cache3, progress=False)  # another fingerprint
-    p3.build(a)
-    # Refinement points depend on the measured values, so the count may differ; none is reused.
-    assert p3.device != p1.device and p3.measured > 0 and cache3.hits == 0
-    assert cache3.count(p1.device) == n and 0 < cache3.count(p3.device) <= p3.measured
-    torch.set_num_threads(1)
-
-
-def test_corrupt_cache_is_a_clear_error(tmp_path):
-    bad = tmp_path / "bad.sqlite"
-    bad.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(HwpruneError, match="delete the file"):
-        LatencyCache(bad)
 
 
 def test_cost_model_sums_curves_and_fits_remainder(tmp_path):
@@ -66,73 +24,6 @@ def test_cost_model_sums_curves_and_fits_remainder(tmp_path):
     cm.add_measurement(half, cm.layer_sum(half) + 0.6e-3)
     assert cm.predict(half) == pytest.approx(cm.layer_sum(half) + 0.6e-3)
     assert cm.predict(dense) == pytest.approx(layer_sum + 1e-3)
-
-
-def _pruned(model_fn, frac=0.5):
-    model, x = model_fn()
-    a = analyze(model, x)
-    scores = compute_scores(model, a, "l1")
-    widths = {g.id: max(1, int(g.size * frac)) for g in a.groups}
-    plan = make_plan(widths, scores, {g.id: g.size for g in a.groups}, allocator="uniform", criterion="l1")
-    return model, x, plan, apply_plan(model, x, plan)
-
-
-def test_apply_removes_channels_physically():
-    model, x, plan, pruned = _pruned(tiny_cnn)
-    assert pruned.conv1.out_channels == 8 and pruned.conv2.in_channels == 8 and pruned.bn1.num_features == 8
-    assert pruned.conv2.out_channels == 12 and pruned.fc.in_features == 12 and pruned.fc.out_features == 5
-    assert model.conv1.out_channels == 16  # the dense model is untouched
-    assert pruned(x).shape == (2, 5)
-    # Kept channels are the plan's: conv1's kept filters are copied unchanged.
-    keep = plan.groups[[g.id for g in plan.groups].index("conv1")].keep
-    torch.testing.assert_close(pruned.conv1.weight, model.conv1.weight[keep])
-
-
-def test_plan_round_trip(tmp_path):
-    _, _, plan, _ = _pruned(tiny_resnet)
-    plan.predicted_latency_s = 0.0123
-    plan.save(tmp_path / "plan.json")
-    again = Plan.load(tmp_path / "plan.json")
-    assert again == plan
-    assert json.loads((tmp_path / "plan.json").read_text())["format"] == "hwprune-plan/1"
-
-
-def test_plan_reapplied_gives_same_model(tmp_path):
-    model, x, plan, pruned = _pruned(tiny_resnet)
-    plan.save(tmp_path / "plan.json")
-    again = apply_plan(model, x, Plan.load(tmp_path / "plan.json"))
-    torch.testing.assert_close(again(x), pruned(x))
-
-
-def test_plan_validation():
-    with pytest.raises(ValueError):
-        GroupPlan("a", 4, 5, [0, 1, 2, 3, 4])
-    with pytest.raises(HwpruneError):
-        Plan.from_dict({"groups": []})
-
-
-@pytest.mark.parametrize("fn", ["tiny_cnn", "tiny_resnet"])
-def test_save_load_parity(tmp_path, tiny_file, fn):
-    import tiny_models
-
-    _, x, _, pruned = _pruned(getattr(tiny_models, fn))
-    pruned.eval()
-    save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": fn})
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "spec.json"]
-    loaded = hwprune.load(tmp_path / "m")
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=0)
-
-
-def test_load_rejects_damaged_files(tmp_path, tiny_file):
-    _, x, _, pruned = _pruned(tiny_cnn)
-    save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": "tiny_cnn"})
-    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(HwpruneError, match="cannot read weights"):
-        hwprune.load(tmp_path / "m")
-    (tmp_path / "m" / "spec.json").write_text("{not json")
-    with pytest.raises(HwpruneError, match="not a saved hwprune model"):
-        hwprune.load(tmp_path / "m")
 
 
 def test_remainder_never_makes_narrower_plans_slower(tmp_path):

@@ -13,8 +13,8 @@ from hwprune.apply.blocks import block_criteria, find_blocks, prune_blocks, scor
 from hwprune.apply.heads import HeadPrunedAttention, find_heads, prune_heads, remove_heads, score_heads, select_heads
 from hwprune.core.errors import HwpruneError
 from hwprune.export.model import save_model
-from hwprune.zoo.specs import load_saved as load
 from hwprune.importance import CRITERIA, HEAD, list_criteria
+from hwprune.zoo.specs import load_saved as load
 
 
 class TinyAttention(nn.Module):
@@ -314,7 +314,7 @@ def test_user_errors():
         prune_heads(*tiny_blocks(), "l1", 0.5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_heads_and_blocks_on_cuda(tmp_path):
     model, x = tiny_attention()
     model, x = model.cuda(), x.cuda()

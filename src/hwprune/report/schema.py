@@ -1,0 +1,240 @@
+"""The report as typed data: dataclasses that round-trip to JSON, and the JSON Schema derived from them.
+
+`Report.to_dict()` is what `report.json` holds; `Report.from_dict` reads it back (refusing another format
+version in one line); `json_schema()` is generated from the dataclasses, so the schema file shipped next
+to this module (`report.schema.json`) cannot drift from the code: a test compares the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwprune.core.errors import HwpruneError
+
+#: Bumped whenever a field is renamed, removed or changes meaning; added optional fields keep it.
+REPORT_FORMAT = "hwprune-report/2"
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
+
+
+@dataclass
+class Latency:
+    """Median and quartiles of one model's timed calls, seconds (and the two figures people read, in ms)."""
+
+    median: float
+    q1: float
+    q3: float
+    n: int
+    iqr: float
+    median_ms: float
+    iqr_ms: float
+
+
+@dataclass
+class ModelFigures:
+    """What was measured and counted for one model (dense or pruned)."""
+
+    latency: Latency
+    macs: int
+    params: int
+    size_bytes: int
+    memory_bytes: int
+    energy_j: float | None = None
+    accuracy: float | None = None
+    accuracy_oneshot: float | None = None
+
+
+@dataclass
+class BudgetRow:
+    """One budget: its limit, the dense and pruned figures, whether it was met and the share of it used."""
+
+    kind: str
+    text: str
+    relative: bool
+    value: float
+    limit: float
+    dense: float
+    pruned: float
+    met: bool
+    used: float
+
+
+@dataclass
+class Headline:
+    """The budget the report leads with: latency's when there is one, else the one closest to its limit."""
+
+    text: str | None
+    kind: str | None
+    relative: bool | None
+    value: float | None
+    seconds: float | None
+    met: bool
+    used: float | None
+
+
+@dataclass
+class LoopFigure:
+    aim: float
+    predicted: float
+    measured: float
+    used: float
+
+
+@dataclass
+class LoopStep:
+    """One closed-loop iteration: per budget kind, the aim, the prediction and the measurement."""
+
+    iteration: int
+    budgets: dict[str, LoopFigure] = field(default_factory=dict)
+
+
+@dataclass
+class GroupWidth:
+    id: str
+    size: int
+    width: int
+
+
+@dataclass
+class TableBuild:
+    """How the latency table was obtained: entries measured now and reused from the cache."""
+
+    entries_measured: int
+    cache_hits: int
+    seconds: float
+    cache: str
+    device_key: str
+
+
+@dataclass
+class Report:
+    """Everything `hwprune prune` found out; `report.md` is rendered from it (`report.files.markdown`)."""
+
+    model: str
+    settings: dict[str, Any]
+    fingerprint: dict[str, Any]
+    input_shape: list[int] | None
+    budget: Headline
+    budgets: list[BudgetRow]
+    dense: ModelFigures
+    pruned: ModelFigures
+    speedup: float
+    latency_ratio: float
+    macs_ratio: float | None
+    compression: float
+    dense_latency_at_planning_ms: float
+    measured_latency_ms: float
+    predicted_latency_ms: float | None = None
+    predicted_ratio: float | None = None
+    prediction_error: float | None = None
+    latency_table: TableBuild | None = None
+    loop: list[LoopStep] = field(default_factory=list)
+    groups: list[GroupWidth] = field(default_factory=list)
+    data: str | None = None
+    notes: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    method: dict[str, Any] | None = None
+    weight_sparsity: dict[str, Any] | None = None
+    format: str = REPORT_FORMAT
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        if d.get("format") != REPORT_FORMAT:
+            raise HwpruneError(
+                f"report format {d.get('format')!r} is not {REPORT_FORMAT!r}; re-run `hwprune prune` to write a new one"
+            )
+        return from_dict(cls, d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def from_dict(cls: type, d: dict):
+    """Build dataclass `cls` from plain data, nested dataclasses included; unknown keys are refused."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise HwpruneError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    return cls(**{k: _convert(hints[k], v) for k, v in d.items()})
+
+
+def _convert(tp, value):
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value) if len(inner) == 1 else value
+    if origin is list:
+        return [_convert(args[0], v) for v in value]
+    if origin is dict:
+        return {k: _convert(args[1], v) for k, v in value.items()}
+    return value
+
+
+_SCALARS = {str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
+def _schema(tp, defs: dict) -> dict:
+    if tp is Any:
+        return {}
+    if tp is type(None):
+        return {"type": "null"}
+    if tp in _SCALARS:
+        return {"type": _SCALARS[tp]}
+    if dataclasses.is_dataclass(tp):
+        if tp.__name__ not in defs:
+            defs[tp.__name__] = {}  # placeholder first: a recursive type refers to itself by name
+            defs[tp.__name__] = _object_schema(tp, defs)
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_schema(a, defs) for a in args]}
+    if origin is list:
+        return {"type": "array", "items": _schema(args[0], defs)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _schema(args[1], defs)}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def _object_schema(cls: type, defs: dict) -> dict:
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    out = {
+        "type": "object",
+        "description": " ".join((cls.__doc__ or cls.__name__).split()),
+        "properties": {f.name: _schema(hints[f.name], defs) for f in fields},
+        "required": required,
+        "additionalProperties": False,
+    }
+    if cls is Report:
+        out["properties"]["format"] = {"const": REPORT_FORMAT}
+    return out
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of `report.json`, generated from the dataclasses above."""
+    defs: dict = {}
+    root = _object_schema(Report, defs)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"hwprune report ({REPORT_FORMAT})",
+        **root,
+        "$defs": dict(sorted(defs.items())),
+    }

@@ -1,0 +1,32 @@
+import pytest
+import torch
+from helpers import uniformly_pruned
+from tiny_models import tiny_cnn
+
+import hwprune
+from hwprune.core.errors import HwpruneError
+from hwprune.export.model import save_model
+
+
+@pytest.mark.parametrize("fn", ["tiny_cnn", "tiny_resnet"])
+def test_save_load_parity(tmp_path, tiny_file, fn):
+    import tiny_models
+
+    _, x, _, pruned = uniformly_pruned(getattr(tiny_models, fn))
+    pruned.eval()
+    save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": fn})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "spec.json"]
+    loaded = hwprune.load(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=0)
+
+
+def test_load_rejects_damaged_files(tmp_path, tiny_file):
+    _, x, _, pruned = uniformly_pruned(tiny_cnn)
+    save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": "tiny_cnn"})
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(HwpruneError, match="cannot read weights"):
+        hwprune.load(tmp_path / "m")
+    (tmp_path / "m" / "spec.json").write_text("{not json")
+    with pytest.raises(HwpruneError, match="not a saved hwprune model"):
+        hwprune.load(tmp_path / "m")

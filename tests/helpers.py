@@ -1,0 +1,24 @@
+"""Helpers shared by tests of several stages."""
+
+import torch
+import torch.nn as nn
+
+from hwprune.apply.channels import apply_plan
+from hwprune.groups.analysis import analyze
+from hwprune.importance import compute_scores
+from hwprune.plan.plan import make_plan
+
+
+def uniformly_pruned(model_fn, frac=0.5):
+    """(dense model, example input, plan, pruned model) with every group cut to `frac` of its width by l1."""
+    model, x = model_fn()
+    a = analyze(model, x)
+    scores = compute_scores(model, a, "l1")
+    widths = {g.id: max(1, int(g.size * frac)) for g in a.groups}
+    plan = make_plan(widths, scores, {g.id: g.size for g in a.groups}, allocator="uniform", criterion="l1")
+    return model, x, plan, apply_plan(model, x, plan)
+
+
+def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
+    """|w| of every Linear and Conv2d weight, by module name: the simplest per-weight score."""
+    return {n: m.weight.detach().abs() for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
