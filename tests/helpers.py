@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.apply.channels import apply_plan
+from hwprune.cli.main import main
 from hwprune.groups.analysis import analyze
 from hwprune.importance import compute_scores
 from hwprune.plan.plan import make_plan
@@ -22,3 +23,18 @@ def uniformly_pruned(model_fn, frac=0.5):
 def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
     """|w| of every Linear and Conv2d weight, by module name: the simplest per-weight score."""
     return {n: m.weight.detach().abs() for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def run_cli(capsys, *argv):
+    """`hwprune ARGV...` in-process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, needle):
+    """Bad input: exit code 2, one line on stderr that starts `hwprune: error:` and names the fix, no traceback."""
+    assert code == 2
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hwprune: error:") and needle in lines[0], err
+    assert "Traceback" not in err

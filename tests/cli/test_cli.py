@@ -3,21 +3,10 @@
 import json
 
 import pytest
+from helpers import assert_one_line_error
+from helpers import run_cli as run
 
 from hwprune.cli.main import main
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, needle):
-    assert code == 2
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hwprune: error:") and needle in lines[0], err
-    assert "Traceback" not in err
 
 
 def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_file):

@@ -8,6 +8,8 @@ import threading
 import time
 
 import pytest
+from helpers import assert_one_line_error
+from helpers import run_cli as run
 
 import hwprune.cli.profile as profile_mod
 from hwprune.cli.main import build_parser, main
@@ -20,17 +22,6 @@ from hwprune.hardware.table_io import FORMAT, export_profile, import_profile, re
 FP = {"cpu": "test", "threads": 1, "torch": "x", "dtype": "float32", "runtime": "formula"}
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, needle):
-    assert code == 2
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hwprune: error:") and needle in lines[0], err
-    assert "Traceback" not in err
 
 
 def _snapshot(cache_path):

@@ -15,7 +15,6 @@ from hwprune.hardware.ort import export_onnx, session_options
 from hwprune.hardware.targets import get_target, list_targets
 
 
-
 def test_measured_targets_are_listed():
     names = {n for n, _ in list_targets()}
     assert {"cpu", "cpu-ort", "cuda", "cuda-fp16", "cuda-bf16"} <= names
