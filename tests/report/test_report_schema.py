@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hwprune
 from hwprune.core.errors import HwpruneError
+from hwprune.pipeline.figures import MET_CONFIDENT, MET_MEDIAN, NOT_MET, verdict
+from hwprune.report.files import FAST_LINE, markdown, text_table
 from hwprune.report.schema import REPORT_FORMAT, SCHEMA_FILE, LoopStep, Report, json_schema
 
 
@@ -32,7 +34,7 @@ def result():
 
 
 def test_shipped_schema_is_generated_from_the_dataclasses():
-    assert json.loads(SCHEMA_FILE.read_text()) == json_schema()
+    assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), "run: python -m hwprune.report.schema"
     assert json_schema()["properties"]["format"] == {"const": REPORT_FORMAT}
 
 
@@ -62,3 +64,18 @@ def test_other_format_or_unknown_field_is_a_one_line_error(result):
         Report.from_dict({**doc, "format": "hwprune-report/1"})
     with pytest.raises(HwpruneError, match="no field"):
         Report.from_dict({**doc, "surprise": 1})
+
+
+def test_fast_timing_and_the_verdict_lead_the_report(result):
+    r = result.report
+    assert r.timing == "fast"  # the suite runs with HWPRUNE_TIMING=fast
+    assert markdown(r).splitlines()[0] == f"**{FAST_LINE}**" and text_table(r).splitlines()[0] == FAST_LINE
+    assert r.budget.verdict == r.budgets[0].verdict == "met (95% confidence)"  # a counted budget is exact
+    assert r.speedup_ci[0] <= r.speedup <= r.speedup_ci[1]
+    assert r.machine is not None and r.machine.dense_medians_ms
+
+
+def test_verdicts_follow_the_interval():
+    assert verdict(1.0, 0.9, 0.98) == MET_CONFIDENT
+    assert verdict(1.0, 0.97, 1.03) == MET_MEDIAN
+    assert verdict(1.0, 1.02, 1.05) == NOT_MET

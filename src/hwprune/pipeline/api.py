@@ -7,6 +7,7 @@ config (budget, units, weights, hierarchical), fine-tuning, the final measuremen
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,7 +141,10 @@ def _report(run: Run, kind: str, out: Outcome, figures: dict, model_name: str | 
         data=run.data.description if run.data is not None else None,
         notes=s.get("notes", []),
         stages=run.stages,
+        machine=run.monitor.state(run.dense_medians),
     )
+    for w in report.machine.warnings:
+        print(f"hwprune: warning: {w}", file=sys.stderr)
     report.pruned.accuracy_oneshot = out.score_oneshot
     if kind != "budget":
         report.method = out.plan.to_dict()

@@ -19,11 +19,11 @@ from hwprune.cost.resources import count, figure_cost_model
 from hwprune.evaluate.validate import calibrate
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
-from hwprune.hardware.timing import ratio
+from hwprune.hardware.timing import Estimate, latency_estimate, ratio_estimate
 from hwprune.importance import compute_scores, normalized
 from hwprune.pipeline.checks import trust
 from hwprune.pipeline.context import METHODS, Outcome, Run
-from hwprune.pipeline.loop import ClosedLoop, Constraint
+from hwprune.pipeline.loop import ClosedLoop, Constraint, exact
 from hwprune.pipeline.sensitivity import LossProbe, group_sensitivity, refine_by_loss
 from hwprune.plan.allocate import Problem, allocate_constrained, get_allocator, trust_region
 from hwprune.plan.plan import make_plan
@@ -124,7 +124,7 @@ def _check_feasible(problem, constraints, build, measure, min_keep: float) -> No
     aligned = {g: next((w for w in cands if w % ALIGN == 0), cands[0]) for g, cands in problem.candidates.items()}
     best: list[float] | None = None
     for widths in [narrow] + ([aligned] if aligned != narrow else []):
-        figures = measure(build(widths))
+        figures = [m.value for m in measure(build(widths))]
         if all(m <= c.limit for c, m in zip(constraints, figures, strict=True)):
             return
         best = figures if best is None else [min(a, b) for a, b in zip(best, figures, strict=True)]
@@ -138,16 +138,19 @@ def _check_feasible(problem, constraints, build, measure, min_keep: float) -> No
 
 
 def _measurer(run: Run, constraints: list[Constraint], t_dense: float):
-    def measure(pruned: nn.Module) -> list[float]:
+    """Each constraint's figure of a pruned model: latency interleaved with the dense model, as the per-round
+    ratio x the dense latency at planning (relative budgets) or the pruned model's own latency (absolute),
+    with 95% intervals; counts exact. Every dense median goes into `run.dense_medians` (the machine's drift)."""
+
+    def measure(pruned: nn.Module) -> list[Estimate]:
         out = []
         for c in constraints:
             if c.kind != "latency":
-                out.append(count(c.kind, pruned, run.example, run.target))
-            elif c.budget.relative:
-                td, tp_ = run.target.time_models([run.dense, pruned], run.example)
-                out.append(ratio(tp_, td) * t_dense)
-            else:
-                out.append(run.target.time_models([pruned], run.example)[0].median)
+                out.append(exact(count(c.kind, pruned, run.example, run.target)))
+                continue
+            td, tp_ = run.target.time_models([run.dense, pruned], run.example)
+            run.dense_medians.append(td.median)
+            out.append(ratio_estimate(tp_, td).scaled(t_dense) if c.budget.relative else latency_estimate(tp_))
         return out
 
     return measure
@@ -174,6 +177,7 @@ def budget_method(run: Run) -> Outcome:
     cost, table = _latency_table(run, analysis) if latency_budget is not None else (None, None)
     t0 = time.perf_counter()
     t_dense = run.target.time_models([run.dense], run.example)[0].median
+    run.dense_medians.append(t_dense)
     constraints = _constraints(run, analysis, cost, scores, t_dense)
     plain = get_allocator(lp.allocator)
     problem = Problem(
@@ -207,7 +211,6 @@ def budget_method(run: Run) -> Outcome:
         measure=lambda built: measure(built[1]),
         value=lambda widths: sum(problem.value(g, w) for g, w in widths.items()),
         max_iters=lp.max_iters,
-        confirm=latency_budget is not None,
         on_first_miss=lambda: _check_feasible(problem, constraints, build, lambda b: measure(b[1]), lp.min_keep),
         log=run.log,
     )

@@ -15,6 +15,7 @@ from hwprune.core.modules import call
 from hwprune.core.registry import Registry
 from hwprune.evaluate.metrics import Metric, evaluate
 from hwprune.hardware.base import Target
+from hwprune.hardware.stability import MachineMonitor
 from hwprune.pipeline.config import PruneConfig
 
 
@@ -33,6 +34,9 @@ class Run:
     progress: bool = True
     criterion: str = "l1"
     stages: dict[str, float] = field(default_factory=dict)
+    #: Every median of the dense model timed during the run, in order: how far the machine drifted.
+    dense_medians: list[float] = field(default_factory=list)
+    monitor: MachineMonitor = field(default_factory=MachineMonitor)
 
     def log(self, msg: str) -> None:
         if self.progress:

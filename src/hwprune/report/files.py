@@ -11,7 +11,24 @@ from hwprune.report.schema import Latency, Report
 
 
 def _ms(lat: Latency) -> str:
-    return f"{lat.median_ms:.3f} ± {lat.iqr_ms / 2:.3f}"
+    if lat.ci_low_ms is None:
+        return f"{lat.median_ms:.3f}"
+    return f"{lat.median_ms:.3f} [{lat.ci_low_ms:.3f}, {lat.ci_high_ms:.3f}]"
+
+
+FAST_LINE = (
+    "TEST-MODE TIMING (HWPRUNE_TIMING=fast: 3 calls per figure): these latencies check the plumbing, "
+    "they are not measurements."
+)
+
+
+def header_lines(r: Report) -> list[str]:
+    """What must be read before any figure: test-mode timing, an unstable machine."""
+    lines = [FAST_LINE] if r.timing == "fast" else []
+    if r.machine is not None and r.machine.warnings:
+        what = "UNRELIABLE FIGURES" if not r.machine.stable else "Machine warning"
+        lines.append(f"{what}: " + "; ".join(r.machine.warnings) + ".")
+    return lines
 
 
 def _acc(v) -> str:
@@ -21,8 +38,12 @@ def _acc(v) -> str:
 def summary_rows(r: Report) -> list[tuple[str, str, str]]:
     d, p = r.dense, r.pruned
     return [
-        ("latency, ms (median ± IQR/2)", _ms(d.latency), _ms(p.latency)),
-        ("speedup (t_dense / t_pruned)", "1.00x", f"{r.speedup:.2f}x"),
+        ("latency, ms (median [95% CI])", _ms(d.latency), _ms(p.latency)),
+        (
+            "speedup (t_dense / t_pruned)",
+            "1.00x",
+            f"{r.speedup:.2f}x [{r.speedup_ci[0]:.2f}, {r.speedup_ci[1]:.2f}]",
+        ),
         ("accuracy", _acc(d.accuracy), _acc(p.accuracy)),
         ("MACs", f"{d.macs / 1e6:.1f} M", f"{p.macs / 1e6:.1f} M ({r.macs_ratio or 0:.2f}x)"),
         ("parameters", f"{d.params / 1e6:.3f} M", f"{p.params / 1e6:.3f} M"),
@@ -43,10 +64,15 @@ def budget_lines(r: Report) -> list[str]:
     """One line per budget: its limit, the pruned model's figure, met or not."""
     return [
         f"- `{b.text}`: limit {format_amount(b.kind, b.limit)}, "
-        f"pruned {format_amount(b.kind, b.pruned)} ({b.used:.0%} of the limit) "
-        f"— **{'met' if b.met else 'NOT met'}**"
+        f"pruned {format_amount(b.kind, b.pruned)}{_interval(b)} ({b.used:.0%} of the limit) — **{b.verdict}**"
         for b in r.budgets
     ]
+
+
+def _interval(b) -> str:
+    if b.low is None or b.high is None or b.low == b.high:
+        return ""
+    return f" [95% CI {format_amount(b.kind, b.low)} - {format_amount(b.kind, b.high)}]"
 
 
 def _loop_rows(r: Report) -> list[str]:
@@ -67,7 +93,8 @@ def _loop_rows(r: Report) -> list[str]:
 def text_table(r: Report) -> str:
     rows = [("", "dense", "pruned")] + summary_rows(r)
     w = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}" for a, b, c in rows)
+    table = [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}" for a, b, c in rows]
+    return "\n".join(header_lines(r) + table)
 
 
 def markdown(r: Report) -> str:
@@ -75,9 +102,10 @@ def markdown(r: Report) -> str:
     fp = r.fingerprint
     settings = r.settings
     lines = [
+        *[f"**{line}**\n" for line in header_lines(r)],
         f"# hwprune report: {r.model}",
         "",
-        f"Budget **{b.text}** on target `{settings['target']['name']}`: **{'met' if b.met else 'NOT met'}**.",
+        f"Budget **{b.text}** on target `{settings['target']['name']}`: **{b.verdict}**.",
         "",
         *budget_lines(r),
         "",
@@ -96,6 +124,13 @@ def markdown(r: Report) -> str:
             f"{r.dense_latency_at_planning_ms:.3f} ms: predicted {r.predicted_ratio:.3f}x, measured "
             f"{r.latency_ratio:.3f}x, so drift of the machine's speed between the two cancels)."
         )
+    m = r.measurement
+    lines.append(
+        f"Final measurement: {m.rounds} interleaved rounds (dense, pruned, dense, ...); pruned/dense ratio "
+        f"{r.latency_ratio:.3f} [{r.latency_ratio_ci[0]:.3f}, {r.latency_ratio_ci[1]:.3f}], ±{m.half_width:.1%} "
+        f"({m.estimator} of the per-round ratios, {m.confidence:.0%} moving-block bootstrap interval; "
+        f"tolerance {'±' + format(m.tolerance, '.0%') if m.tolerance else 'none'}, stopped on {m.stopped})."
+    )
     if r.pruned.accuracy_oneshot is not None:
         lines.append(f"One-shot accuracy before fine-tuning: {_acc(r.pruned.accuracy_oneshot)}.")
     t = r.latency_table
@@ -116,10 +151,25 @@ def markdown(r: Report) -> str:
         "",
         f"{fp['cpu']}, {fp['physical_cores']} physical / {fp['logical_cores']} logical cores, {fp['threads']} threads, "
         f"{fp['runtime']} torch {fp['torch']}, {fp['dtype']}.",
-        "Latency: median and IQR of ≥20 interleaved calls (dense A, pruned B, A, B, …) after warm-up.",
+        *_machine_lines(r),
         "",
     ]
     return "\n".join(lines)
+
+
+def _machine_lines(r: Report) -> list[str]:
+    m = r.machine
+    if m is None:
+        return []
+    parts = []
+    if m.steal_fraction is not None:
+        parts.append(f"CPU steal {m.steal_fraction:.1%}")
+    if m.freq_mhz_low is not None:
+        parts.append(f"clock {m.freq_mhz_low:.0f}-{m.freq_mhz_high:.0f} MHz")
+    if m.dense_drift is not None:
+        parts.append(f"dense model drift {m.dense_drift:.1%} over {len(m.dense_medians_ms)} measurements")
+    state = "steady" if m.stable else "NOT steady"
+    return [f"During the run ({m.seconds:.0f} s): " + (", ".join(parts) or "no counters") + f"; {state}."]
 
 
 def prepare_out(out: str | Path) -> Path:

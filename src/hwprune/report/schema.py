@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.core.errors import HwpruneError
+from hwprune.hardware.stability import MachineState
 
 #: Bumped whenever a field is renamed, removed or changes meaning; added optional fields keep it.
-REPORT_FORMAT = "hwprune-report/2"
+REPORT_FORMAT = "hwprune-report/3"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
 
@@ -33,6 +34,11 @@ class Latency:
     iqr: float
     median_ms: float
     iqr_ms: float
+    #: 95% confidence interval of the median (moving-block bootstrap over the calls, hardware.timing).
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+    #: Why timing stopped: "tolerance" (interval narrow enough), "time cap", "calls" (fixed count).
+    stopped: str = "calls"
 
 
 @dataclass
@@ -62,6 +68,11 @@ class BudgetRow:
     pruned: float
     met: bool
     used: float
+    #: The pruned figure's 95% interval (a counted figure: the figure itself).
+    low: float | None = None
+    high: float | None = None
+    #: "met (95% confidence)", "met on the median only" or "not met".
+    verdict: str = ""
 
 
 @dataclass
@@ -75,14 +86,22 @@ class Headline:
     seconds: float | None
     met: bool
     used: float | None
+    #: The weakest verdict of all budgets: "met (95% confidence)", "met on the median only", "not met".
+    verdict: str = ""
 
 
 @dataclass
 class LoopFigure:
+    """One budget in one loop iteration: the aim, the prediction, the measured median and its interval."""
+
     aim: float
     predicted: float
     measured: float
     used: float
+    low: float | None = None
+    high: float | None = None
+    #: Measurements pooled for this figure (more than 1 when the first interval straddled an edge).
+    measurements: int = 1
 
 
 @dataclass
@@ -112,6 +131,19 @@ class TableBuild:
 
 
 @dataclass
+class Measurement:
+    """How the final interleaved measurement went: rounds, the interval reached and why it stopped."""
+
+    rounds: int
+    #: Half the ratio's interval, relative to it (0.02: +-2%).
+    half_width: float
+    tolerance: float | None
+    stopped: str
+    estimator: str
+    confidence: float
+
+
+@dataclass
 class Report:
     """Everything `hwprune prune` found out; `report.md` is rendered from it (`report.files.markdown`)."""
 
@@ -125,10 +157,18 @@ class Report:
     pruned: ModelFigures
     speedup: float
     latency_ratio: float
+    #: 95% intervals of the speedup and of the pruned/dense ratio (over the per-round ratios).
+    speedup_ci: list[float]
+    latency_ratio_ci: list[float]
+    measurement: Measurement
     macs_ratio: float | None
     compression: float
     dense_latency_at_planning_ms: float
     measured_latency_ms: float
+    measured_latency_ci_ms: list[float]
+    #: "standard", or "fast" when timed with the test-only 3-call protocol (HWPRUNE_TIMING=fast).
+    timing: str = "standard"
+    machine: MachineState | None = None
     predicted_latency_ms: float | None = None
     predicted_ratio: float | None = None
     prediction_error: float | None = None
@@ -238,3 +278,13 @@ def json_schema() -> dict:
         **root,
         "$defs": dict(sorted(defs.items())),
     }
+
+
+def write_schema() -> Path:
+    """Regenerate report.schema.json (`python -m hwprune.report.schema`) after changing a dataclass."""
+    SCHEMA_FILE.write_text(json.dumps(json_schema(), indent=1) + "\n")
+    return SCHEMA_FILE
+
+
+if __name__ == "__main__":
+    print(write_schema())
