@@ -1,4 +1,5 @@
 import pytest
+import tiny_models
 import torch
 from helpers import uniformly_pruned
 from tiny_models import tiny_cnn
@@ -10,8 +11,6 @@ from hwprune.export.model import save_model
 
 @pytest.mark.parametrize("fn", ["tiny_cnn", "tiny_resnet"])
 def test_save_load_parity(tmp_path, tiny_file, fn):
-    import tiny_models
-
     _, x, _, pruned = uniformly_pruned(getattr(tiny_models, fn))
     pruned.eval()
     save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": fn})

@@ -18,6 +18,7 @@ from hwprune.core.errors import HwpruneError
 from hwprune.export.model import save_model
 from hwprune.export.sparse import decode, directory_bytes, encode, encoded_sizes
 from hwprune.finetune.train import train_steps
+from hwprune.zoo.specs import build_source
 from hwprune.zoo.specs import load_saved as load
 
 MLP_SOURCE = """
@@ -68,8 +69,6 @@ def test_encoding_choice_by_size():
 
 
 def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file):
-    from hwprune.zoo.specs import build_source
-
     source = {"kind": "file", "path": mlp_file, "function": "mlp256"}
     torch.manual_seed(0)
     dense = build_source(source, trust_code=True)
@@ -97,8 +96,6 @@ def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file)
 
 
 def test_save_load_nm_and_block_conv(tmp_path, mlp_file):
-    from hwprune.zoo.specs import build_source
-
     source = {"kind": "file", "path": mlp_file, "function": "cnn"}
     torch.manual_seed(0)
     model = build_source(source, trust_code=True)
@@ -112,8 +109,6 @@ def test_save_load_nm_and_block_conv(tmp_path, mlp_file):
 
 
 def test_damaged_sparse_file(tmp_path, mlp_file):
-    from hwprune.zoo.specs import build_source
-
     source = {"kind": "file", "path": mlp_file, "function": "mlp256"}
     model = build_source(source, trust_code=True)
     apply_masks(model, compute_masks(model, magnitude(model), "2:4", layers=["0"]), "2:4")

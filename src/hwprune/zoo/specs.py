@@ -66,7 +66,8 @@ def _from_file(path: str | Path, fn: str):
     if factory is None:
         raise HwpruneError(f"{path} has no function '{fn}'")
     if not callable(factory):
-        raise HwpruneError(f"{path}:{fn} is a {type(factory).__name__}, not a function that returns a model")
+        what = type(factory).__name__
+        raise HwpruneError(f"{path}:{fn} is not callable ({what}); name a function that returns a model")
     try:
         out = factory()
     except Exception as e:
