@@ -6,6 +6,10 @@ The public API, objects in and objects out::
     result.save("out/")                       # model/ (spec + safetensors), plan.json, report.json, report.md
     pruned = hwprune.load("out/model", model=MyNet())
 
+Saving refuses a path that holds anything unless `overwrite=True`. Loading reads JSON and safetensors only:
+a model built by the user's `file.py:function` is rebuilt from the copy of that file stored in the saved
+directory only with `hwprune.load(dir, trust_code=True)`, since importing a file runs it.
+
 The stages are verbs too: `find_groups`, `score`, `get_target`, `build_table`, `allocate`, `apply_plan`,
 `finetune`, `measure`, `save`, `load`. Names resolve on first use (PEP 562), so `import hwprune` stays cheap
 and never touches CUDA.

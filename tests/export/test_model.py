@@ -1,4 +1,5 @@
 import pytest
+import tiny_models
 import torch
 from helpers import uniformly_pruned
 from tiny_models import tiny_cnn
@@ -10,13 +11,12 @@ from hwprune.export.model import save_model
 
 @pytest.mark.parametrize("fn", ["tiny_cnn", "tiny_resnet"])
 def test_save_load_parity(tmp_path, tiny_file, fn):
-    import tiny_models
-
     _, x, _, pruned = uniformly_pruned(getattr(tiny_models, fn))
     pruned.eval()
     save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": fn})
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "spec.json"]
-    loaded = hwprune.load(tmp_path / "m")
+    # The user's .py travels with the weights, so the directory is self-contained.
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "spec.json", "tiny_models.py"]
+    loaded = hwprune.load(tmp_path / "m", trust_code=True)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=0)
 
@@ -26,7 +26,7 @@ def test_load_rejects_damaged_files(tmp_path, tiny_file):
     save_model(pruned, tmp_path / "m", {"kind": "file", "path": tiny_file, "function": "tiny_cnn"})
     (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(HwpruneError, match="cannot read weights"):
-        hwprune.load(tmp_path / "m")
+        hwprune.load(tmp_path / "m", model=tiny_cnn()[0])
     (tmp_path / "m" / "spec.json").write_text("{not json")
     with pytest.raises(HwpruneError, match="not a saved hwprune model"):
-        hwprune.load(tmp_path / "m")
+        hwprune.load(tmp_path / "m", model=tiny_cnn()[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hwprune.core.errors import HwpruneError
 from hwprune.export.model import save_model
 from hwprune.export.sparse import decode, directory_bytes, encode, encoded_sizes
 from hwprune.finetune.train import train_steps
+from hwprune.zoo.specs import build_source
 from hwprune.zoo.specs import load_saved as load
 
 MLP_SOURCE = """
@@ -67,13 +69,12 @@ def test_encoding_choice_by_size():
 
 
 def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file):
-    from hwprune.zoo.specs import build_source
-
     source = {"kind": "file", "path": mlp_file, "function": "mlp256"}
     torch.manual_seed(0)
-    dense = build_source(source)
+    dense = build_source(source, trust_code=True)
     save_model(dense, tmp_path / "dense", source)
-    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["model.safetensors", "spec.json"]
+    names = sorted(p.name for p in (tmp_path / "dense").iterdir())
+    assert names == sorted(["model.safetensors", "spec.json", Path(mlp_file).name])
 
     model = copy.deepcopy(dense)
     masks = compute_masks(model, magnitude(model), "unstructured", 0.9, layers=["0", "2"])
@@ -83,7 +84,7 @@ def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file)
     ratio = directory_bytes(tmp_path / "sparse") / directory_bytes(tmp_path / "dense")
     assert ratio <= 0.25  # 0.1 * 32 + 1 = 4.2 bits per weight against 32: ~0.14 with biases and headers
 
-    back = load(tmp_path / "sparse")
+    back = load(tmp_path / "sparse", trust_code=True)
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k].view(torch.int32), v.view(torch.int32)), k
     assert back[0].hwprune_sparsity == "unstructured:0.9"
@@ -91,31 +92,27 @@ def test_save_load_masked_model_compressed_and_bit_identical(tmp_path, mlp_file)
     # The loaded model keeps its masks while it trains.
     train_steps(back, [(torch.randn(8, 256), torch.randint(0, 10, (8,)))] * 2, 1e-2, progress=False)
     assert bool((back[0].weight[~masks["0"]] == 0).all())
-    assert load(tmp_path / "dense")[0].weight.equal(dense[0].weight)  # a dense save loads as before
+    assert load(tmp_path / "dense", trust_code=True)[0].weight.equal(dense[0].weight)  # a dense save loads as before
 
 
 def test_save_load_nm_and_block_conv(tmp_path, mlp_file):
-    from hwprune.zoo.specs import build_source
-
     source = {"kind": "file", "path": mlp_file, "function": "cnn"}
     torch.manual_seed(0)
-    model = build_source(source)
+    model = build_source(source, trust_code=True)
     masks = compute_masks(model, magnitude(model), "block4x1", 0.5, layers=["0", "2"])
     apply_masks(model, masks, "block4x1")
     save_model(model, tmp_path / "m", source)
-    back = load(tmp_path / "m")
+    back = load(tmp_path / "m", trust_code=True)
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     assert back[2].hwprune_sparsity == "block4x1:0.5"
 
 
 def test_damaged_sparse_file(tmp_path, mlp_file):
-    from hwprune.zoo.specs import build_source
-
     source = {"kind": "file", "path": mlp_file, "function": "mlp256"}
-    model = build_source(source)
+    model = build_source(source, trust_code=True)
     apply_masks(model, compute_masks(model, magnitude(model), "2:4", layers=["0"]), "2:4")
     save_model(model, tmp_path / "m", source)
     (tmp_path / "m" / "sparse.safetensors").write_bytes(b"junk")
     with pytest.raises(HwpruneError, match="cannot read compressed weights"):
-        load(tmp_path / "m")
+        load(tmp_path / "m", trust_code=True)

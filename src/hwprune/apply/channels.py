@@ -12,23 +12,37 @@ from hwprune.core.errors import HwpruneError
 from hwprune.plan.plan import Plan
 
 
+def check_plan_fits(plan: Plan, graph: tp.DependencyGraph, modules: dict[str, nn.Module]) -> None:
+    """Every group of the plan names a layer of this model with the plan's channel count; checked before any
+    cut, so a plan made for another model fails in one line naming its first mismatching group and leaves
+    the model (also an `inplace=True` one) untouched."""
+    for gp in plan.groups:
+        root = modules.get(gp.id)
+        if root is None:
+            raise HwpruneError(f"plan group '{gp.id}' names a layer this model lacks: is the plan for another model?")
+        pruner = graph.get_pruner_of_module(root)
+        if pruner is None:
+            raise HwpruneError(f"plan group '{gp.id}' names a {type(root).__name__}, which has no prunable channels")
+        have = pruner.get_out_channels(root)
+        if have != gp.size:
+            raise HwpruneError(
+                f"plan group '{gp.id}' expects {gp.size} channels, this model's layer has {have}: "
+                "is the plan for another model?"
+            )
+
+
 def apply_plan(model: nn.Module, example_inputs, plan: Plan, inplace: bool = False) -> nn.Module:
     """Return `model` with every group narrowed to the plan's kept channels."""
     if not inplace:
         model = copy.deepcopy(model)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     modules = dict(model.named_modules())
+    check_plan_fits(plan, graph, modules)
     for gp in plan.groups:
         if gp.width == gp.size:
             continue
-        root = modules.get(gp.id)
-        if root is None:
-            raise HwpruneError(f"plan names layer '{gp.id}', which this model does not have")
+        root = modules[gp.id]
         pruner = graph.get_pruner_of_module(root)
-        if pruner.get_out_channels(root) != gp.size:
-            raise HwpruneError(
-                f"plan expects {gp.size} channels in '{gp.id}', the model has {pruner.get_out_channels(root)}"
-            )
         keep = set(gp.keep)
         drop = [i for i in range(gp.size) if i not in keep]
         group = graph.get_pruning_group(root, pruner.prune_out_channels, drop)

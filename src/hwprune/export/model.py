@@ -3,6 +3,13 @@
 The spec names how to build the original architecture (`source`, the model SPEC the user gave) and the
 narrowed shape attributes of every module; loading builds the original, narrows the modules to the
 saved shapes (as timm does for its `_pruned` configs) and loads the weights strictly.
+
+Why not a `torch.export` program next to the weights, which would rebuild the graph with no source code:
+`torch.export.load` unpickles (its docs: "uses pickle under the hood ... Never load data from an untrusted
+source"; torch 2.14's pt2 archive reader calls `torch.load(weights_only=False)` and `pickle.loads`), so a
+saved directory could run code on load; and it gives back a GraphModule, not the user's classes with
+their attributes. The architecture therefore comes from the caller (`model=`), a built-in source
+(torchvision, examples), or the .py stored in the directory, imported only with `trust_code=True`.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from hwprune.apply.heads import HeadPrunedAttention
 from hwprune.core.errors import HwpruneError
 from hwprune.export.sparse import read_sparse, restore_masks, split_sparse
+from hwprune.export.spec import FORMAT, read_spec, stored_source
 
-FORMAT = "hwprune-model/1"
 SHAPE_ATTRS = (
     "in_channels",
     "out_channels",
@@ -108,12 +115,12 @@ def _replace_modules(model: nn.Module, replaced: dict[str, str]) -> None:
 
 
 def write_model(model: nn.Module, directory: Path, source: dict, extra: dict | None = None) -> None:
-    """Write spec.json and model.safetensors into an existing directory."""
-
+    """Write spec.json and model.safetensors (and a `file` source's .py) into an existing directory."""
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     sparse = split_sparse(model, state, directory)  # masked weights go compressed to sparse.safetensors
     save_file(state, str(directory / "model.safetensors"))
-    spec = {"format": FORMAT, "source": source, "modules": _shape_spec(model), **(extra or {})}
+    stored = stored_source(source, directory)  # a `file` source's .py is copied in: the directory moves whole
+    spec = {"format": FORMAT, "source": stored, "modules": _shape_spec(model), **(extra or {})}
     if sparse:
         spec["sparse"] = sparse
     replaced = _replaced_spec(model)  # removed blocks, head-pruned attention; older specs lack the key
@@ -128,27 +135,35 @@ def object_source(model: nn.Module) -> dict:
     return {"kind": "object", "class": f"{cls.__module__}.{cls.__qualname__}"}
 
 
-def save_model(model: nn.Module, directory: str | Path, source: dict | None = None, extra: dict | None = None) -> Path:
+def refuse_existing(directory: str | Path, overwrite: bool) -> None:
+    """Saving never destroys what the user did not ask to replace: a file, or a directory with anything in it,
+    stays unless `overwrite=True`."""
+    p = Path(directory)
+    if overwrite or not p.exists() or (p.is_dir() and not any(p.iterdir())):
+        return
+    what = "a file" if not p.is_dir() else "a directory that is not empty"
+    raise HwpruneError(f"{p} is {what}; choose another path, or pass overwrite=True to replace it")
+
+
+def save_model(
+    model: nn.Module,
+    directory: str | Path,
+    source: dict | None = None,
+    extra: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `directory/spec.json` and `directory/model.safetensors` atomically.
 
-    `source` says how to rebuild the dense architecture (`{"kind": "torchvision", "name": "resnet18"}`);
-    without it the model's class is recorded and loading needs the dense architecture passed in.
+    `source` says how to rebuild the dense architecture (`{"kind": "torchvision", "name": "resnet18"}`, or
+    `{"kind": "file", "path": ..., "function": ...}`, whose .py is copied into the directory); without it
+    the model's class is recorded and loading needs the dense architecture passed in. An existing
+    non-empty `directory` is replaced only with `overwrite=True`.
     """
+    refuse_existing(directory, overwrite)
     source = source or object_source(model)
     with atomic_directory(directory) as tmp:
         write_model(model, tmp, source, extra)
     return Path(directory)
-
-
-def read_spec(directory: str | Path) -> dict:
-    path = Path(directory) / "spec.json"
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise HwpruneError(f"{directory} is not a saved hwprune model ({e})") from e
-    if spec.get("format") != FORMAT:
-        raise HwpruneError(f"{path}: unknown format {spec.get('format')!r}, expected {FORMAT!r}")
-    return spec
 
 
 def _narrow(model: nn.Module, spec: dict, state: dict[str, torch.Tensor]) -> None:
@@ -178,18 +193,23 @@ def load(
 
     The dense architecture comes from `model` (an instance of the class that was pruned, e.g. `MyNet()`;
     narrowed in place) or from `builder(spec["source"])`; its modules are narrowed to the saved shapes and
-    the weights loaded strictly. No code from the directory runs.
+    the weights loaded strictly. Nothing in the directory is executed here (safetensors and JSON only);
+    `builder` decides whether a recorded source may be built.
     """
     directory = Path(directory)
     spec = read_spec(directory)
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # safetensors raises several types on a damaged file
-        raise HwpruneError(f"cannot read weights in {directory}: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        path = directory / "model.safetensors"
+        raise HwpruneError(f"cannot read weights {path} (damaged or cut short?): {first}") from e
     masks = {}
     if spec.get("sparse"):  # masked weights saved compressed (sparse_io); older specs lack the key
         weights, masks = read_sparse(directory, spec["sparse"])
         state.update(weights)
+    if model is not None and not isinstance(model, nn.Module):
+        raise HwpruneError(f"model= must be a dense torch.nn.Module to narrow, got {type(model).__name__}")
     if model is None:
         if builder is None:
             raise HwpruneError(f"{directory}: pass the dense architecture to rebuild it (load(dir, model=...))")

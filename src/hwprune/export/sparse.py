@@ -153,14 +153,19 @@ def read_sparse(directory: str | Path, entry: dict) -> tuple[dict[str, torch.Ten
     try:
         stored = load_file(str(path))
     except Exception as e:  # safetensors raises several types on a damaged or missing file
-        raise HwpruneError(f"cannot read compressed weights {path}: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HwpruneError(f"cannot read compressed weights {path} (damaged or cut short?): {first}") from e
     weights, masks = {}, {}
     for key, info in entry["tensors"].items():
         parts = _parts(stored, key)
         if "values" not in parts:
             raise HwpruneError(f"{path} lacks the compressed weight '{key}' that spec.json lists")
-        weights[key] = decode(info["format"], parts, info["shape"], _dtype(info["dtype"]))
-        masks[key] = mask_of(info["format"], parts, info["shape"])
+        try:
+            weights[key] = decode(info["format"], parts, info["shape"], _dtype(info["dtype"]))
+            masks[key] = mask_of(info["format"], parts, info["shape"])
+        except (RuntimeError, IndexError, KeyError) as e:  # parts that disagree with the listed shape
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise HwpruneError(f"{path} is damaged: compressed weight '{key}' does not decode: {first}") from e
     return weights, masks
 
 

@@ -49,9 +49,12 @@ class PruneResult:
     #: in as an object records its class, and `hwprune.load(dir, model=MyNet())` rebuilds it.
     source: dict = field(default_factory=dict)
 
-    def save(self, directory: str | Path) -> Path:
-        """model/ (spec.json + safetensors), plan.json, report.json and report.md, written atomically."""
-        return write_outputs(directory, self)
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """model/ (spec.json + safetensors), plan.json, report.json and report.md, written atomically.
+
+        A path that holds anything is refused; an earlier hwprune output there is replaced with `overwrite=True`.
+        """
+        return write_outputs(directory, self, overwrite=overwrite)
 
 
 def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConfig:

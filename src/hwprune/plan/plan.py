@@ -11,6 +11,10 @@ import numpy as np
 from hwprune.core.errors import HwpruneError
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @dataclass
 class GroupPlan:
     id: str
@@ -19,8 +23,14 @@ class GroupPlan:
     keep: list[int]  # kept channel indices of the group's root layer, ascending
 
     def __post_init__(self):
+        ints = (self.size, self.width, *self.keep) if isinstance(self.keep, list) else None
+        if not isinstance(self.id, str) or ints is None or not all(_is_int(v) for v in ints):
+            raise HwpruneError(f"plan group {self.id!r}: id must be a string, size and width integers, keep a list")
         if not 1 <= self.width <= self.size or len(self.keep) != self.width:
-            raise ValueError(f"group {self.id}: width {self.width} must be 1..{self.size} and match len(keep)")
+            raise HwpruneError(f"plan group {self.id}: width {self.width} must be 1..{self.size} and match len(keep)")
+        if len(set(self.keep)) != self.width or not all(0 <= i < self.size for i in self.keep):
+            last = self.size - 1
+            raise HwpruneError(f"plan group {self.id}: keep must be {self.width} distinct indices in 0..{last}")
 
 
 @dataclass
@@ -40,10 +50,13 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        if d.get("format") != "hwprune-plan/1":
+        if not isinstance(d, dict) or d.get("format") != "hwprune-plan/1":
             raise HwpruneError('not an hwprune plan (expected "format": "hwprune-plan/1")')
         d = {k: v for k, v in d.items() if k != "format"}
-        d["groups"] = [GroupPlan(**g) for g in d["groups"]]
+        groups = d.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise HwpruneError("plan 'groups' must be a list of objects (id, size, width, keep)")
+        d["groups"] = [GroupPlan(**g) for g in groups]
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -53,7 +66,9 @@ class Plan:
     def load(cls, path: str | Path) -> Plan:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError, KeyError) as e:
+        except HwpruneError as e:
+            raise HwpruneError(f"cannot read plan {path}: {e}") from None
+        except (OSError, json.JSONDecodeError, TypeError, KeyError) as e:  # unreadable, cut short, unknown keys
             raise HwpruneError(f"cannot read plan {path}: {e}") from e
 
 

@@ -172,17 +172,27 @@ def _machine_lines(r: Report) -> list[str]:
     return [f"During the run ({m.seconds:.0f} s): " + (", ".join(parts) or "no counters") + f"; {state}."]
 
 
-def prepare_out(out: str | Path) -> Path:
-    """Refuse to overwrite a directory that is not an earlier hwprune output."""
+def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Check `out` before a run writes there: new, empty, or (with `overwrite=True`) an earlier hwprune output.
+
+    Anything else is never replaced: a user's directory that happens to share the name keeps its files.
+    """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())):
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return out
+    if not out.is_dir() or not (out / "report.json").exists():
         raise HwpruneError(f"--out {out} exists and is not an hwprune output directory; choose another path")
+    if not overwrite:
+        raise HwpruneError(f"{out} holds an earlier hwprune output; pass overwrite=True to replace it")
     return out
 
 
-def write_outputs(out: str | Path, result) -> Path:
-    """model/, plan.json, report.json, report.md: written to a temporary sibling, then renamed into place."""
-    out = prepare_out(out)
+def write_outputs(out: str | Path, result, overwrite: bool = False) -> Path:
+    """model/, plan.json, report.json, report.md: written to a temporary sibling, then renamed into place.
+
+    An earlier hwprune output at `out` is replaced only with `overwrite=True` (`hwprune prune --out` passes it).
+    """
+    out = prepare_out(out, overwrite)
     with atomic_directory(out) as tmp:
         shape = result.report.input_shape
         (tmp / "model").mkdir()

@@ -12,6 +12,7 @@ import torch.nn as nn
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
 from hwprune.export.model import load, read_spec
+from hwprune.export.spec import runnable_source, source_file
 from hwprune.zoo.datasets import get_dataset
 from hwprune.zoo.examples import get_example, trained_example
 
@@ -26,7 +27,13 @@ class ResolvedModel:
     spec: str
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def _torchvision(name: str) -> nn.Module:
+    if not name:
+        raise HwpruneError("torchvision: needs a model name, e.g. torchvision:resnet18")
     import torchvision  # noqa: PLC0415  (slow to import; only torchvision: specs need it)
 
     names = torchvision.models.list_models()
@@ -37,35 +44,72 @@ def _torchvision(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None)
 
 
-def _from_file(path: str, fn: str):
+def _import_file(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise HwpruneError(f"model file {path} not found")
     mod_spec = importlib.util.spec_from_file_location(f"hwprune_user_{p.stem}", p)
+    if mod_spec is None or mod_spec.loader is None:
+        raise HwpruneError(f"cannot import {path}: not a Python file")
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
-    except Exception as e:
-        raise HwpruneError(f"cannot import {path}: {type(e).__name__}: {e}") from e
-    if not callable(getattr(module, fn, None)):
+    except Exception as e:  # the user's file: SyntaxError, ImportError, anything its top level raises
+        raise HwpruneError(f"cannot import {path}: {type(e).__name__}: {_first_line(e)}") from e
+    return module
+
+
+def _from_file(path: str | Path, fn: str):
+    """(model, example inputs or None) from calling `fn()` in the user's file: imports and runs it."""
+    module = _import_file(path)
+    factory = getattr(module, fn, None)
+    if factory is None:
         raise HwpruneError(f"{path} has no function '{fn}'")
-    out = getattr(module, fn)()
+    if not callable(factory):
+        what = type(factory).__name__
+        raise HwpruneError(f"{path}:{fn} is not callable ({what}); name a function that returns a model")
+    try:
+        out = factory()
+    except Exception as e:
+        raise HwpruneError(f"{path}:{fn}() raised {type(e).__name__}: {_first_line(e)}") from e
     if isinstance(out, nn.Module):
         return out, None
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module):
         return out
-    raise HwpruneError(f"{path}:{fn} must return an nn.Module or (nn.Module, example_inputs)")
+    raise HwpruneError(
+        f"{path}:{fn} must return an nn.Module or (nn.Module, example_inputs), it returned {type(out).__name__}"
+    )
 
 
-def build_source(source: dict) -> nn.Module:
-    """Build the (dense, untrained) architecture a saved spec names."""
+def _saved_file(source: dict, directory, trust_code: bool) -> nn.Module:
+    where = directory if directory is not None else "the saved model"
+    fn = source.get("function")
+    if not isinstance(fn, str) or not fn:
+        raise HwpruneError(f"{where}/spec.json: the file source names no function")
+    if not trust_code:
+        raise HwpruneError(
+            f"{where} was saved from {source.get('file') or source.get('origin') or source.get('path')}:{fn}, and "
+            "rebuilding it would run that file: pass the dense architecture (hwprune.load(dir, model=...)), "
+            "or trust_code=True (CLI: --trust-code) if you trust this directory"
+        )
+    if "file" not in source and "path" not in source:
+        raise HwpruneError(f"{where}: its source file was not stored; pass the dense architecture (model=...)")
+    return _from_file(source_file(source, Path(directory or ".")), fn)[0]
+
+
+def build_source(source: dict, directory=None, trust_code: bool = False) -> nn.Module:
+    """Build the (dense, untrained) architecture a saved spec names.
+
+    A `file` source is the user's code: it is imported (from the .py stored in `directory`) only with
+    `trust_code=True`, since a saved directory may come from anyone.
+    """
     kind = source.get("kind")
     if kind == "torchvision":
-        return _torchvision(source["name"])
+        return _torchvision(str(source.get("name", "")))
     if kind == "example":
-        return get_example(source["name"]).build()
+        return get_example(str(source.get("name", ""))).build()
     if kind == "file":
-        return _from_file(source["path"], source["function"])[0]
+        return _saved_file(source, directory, trust_code)
     if kind == "object":
         raise HwpruneError(
             f"this model was saved from a Python object of class {source.get('class')}: rebuild it with "
@@ -74,9 +118,10 @@ def build_source(source: dict) -> nn.Module:
     raise HwpruneError(f"saved model has an unknown source {source!r}")
 
 
-def load_saved(directory, model: nn.Module | None = None) -> nn.Module:
-    """A saved model, its dense architecture built from its recorded source unless `model` is given."""
-    return load(directory, model, builder=build_source)
+def load_saved(directory, model: nn.Module | None = None, trust_code: bool = False) -> nn.Module:
+    """A saved model. Its dense architecture is `model` when given, else built from the recorded source;
+    a source that is the user's .py is imported only with `trust_code=True`."""
+    return load(directory, model, builder=lambda source: build_source(source, directory, trust_code))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -89,32 +134,49 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def resolve(spec: str, batch_size: int = 1, input_shape: str | None = None, progress: bool = True) -> ResolvedModel:
-    """Turn a model SPEC into a model and example inputs of the requested batch size; check they fit."""
+def _parse_file_spec(spec: str) -> tuple[str, str]:
+    path, _, fn = spec.rpartition(":")
+    if not path or not fn:
+        raise HwpruneError(f"model spec '{spec}' needs both a file and a function: path/to/file.py:function")
+    return path, fn
+
+
+def _build(spec: str, shape, trust_code: bool, progress: bool):
+    """(model, source, per-sample shape or None, example inputs or None) for a model SPEC."""
+    if spec.startswith("torchvision:"):
+        name = spec.split(":", 1)[1]
+        return _torchvision(name), {"kind": "torchvision", "name": name}, shape or (3, 224, 224), None
+    if spec.startswith("example:"):
+        name = spec.split(":", 1)[1]
+        ex = get_example(name)
+        model = trained_example(name, progress)
+        return model, {"kind": "example", "name": name}, shape or get_dataset(ex.data).sample_shape, None
+    if Path(spec).is_dir():
+        saved = read_spec(spec)
+        model = load_saved(spec, trust_code=trust_code)
+        shape = shape or (tuple(saved["input_shape"]) if saved.get("input_shape") else None)
+        return model, runnable_source(saved["source"], Path(spec)), shape, None
+    if ".py:" in spec or spec.startswith(":"):
+        path, fn = _parse_file_spec(spec)
+        model, example = _from_file(path, fn)
+        return model, {"kind": "file", "path": str(Path(path).resolve()), "function": fn}, shape, example
+    if spec.endswith(".py"):
+        raise HwpruneError(f"model spec '{spec}' names no function: use {spec}:FUNCTION (it returns the model)")
+    raise HwpruneError(f"cannot understand model spec '{spec}'; use {SPEC_HELP}")
+
+
+def resolve(
+    spec: str, batch_size: int = 1, input_shape: str | None = None, progress: bool = True, trust_code: bool = False
+) -> ResolvedModel:
+    """Turn a model SPEC into a model and example inputs of the requested batch size; check they fit with
+    one forward pass at that batch size (a model that only works at batch 1 fails here, not mid-run).
+
+    A saved directory whose architecture is the user's .py is rebuilt only with `trust_code=True`.
+    """
     if batch_size < 1:
         raise HwpruneError("--batch-size must be at least 1")
     shape = parse_shape(input_shape) if input_shape else None
-    example = None
-    if spec.startswith("torchvision:"):
-        name = spec.split(":", 1)[1]
-        model, source = _torchvision(name), {"kind": "torchvision", "name": name}
-        shape = shape or (3, 224, 224)
-    elif spec.startswith("example:"):
-        name = spec.split(":", 1)[1]
-        ex = get_example(name)
-        model, source = trained_example(name, progress), {"kind": "example", "name": name}
-        shape = shape or get_dataset(ex.data).sample_shape
-    elif Path(spec).is_dir():
-        saved = read_spec(spec)
-        model, source = load_saved(spec), saved["source"]
-        shape = shape or (tuple(saved["input_shape"]) if saved.get("input_shape") else None)
-    elif ".py:" in spec:
-        path, fn = spec.rsplit(":", 1)
-        model, example = _from_file(path, fn)
-        source = {"kind": "file", "path": str(Path(path).resolve()), "function": fn}
-    else:
-        raise HwpruneError(f"cannot understand model spec '{spec}'; use {SPEC_HELP}")
-
+    model, source, shape, example = _build(spec, shape, trust_code, progress)
     if shape is not None:
         example = torch.randn((batch_size, *shape))
     elif example is None:
@@ -127,6 +189,7 @@ def resolve(spec: str, batch_size: int = 1, input_shape: str | None = None, prog
             call(model, example)
     except Exception as e:
         got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HwpruneError(f"input of shape {got} does not fit {spec}: {msg[:200]}") from None
+        raise HwpruneError(
+            f"input of shape {got} (batch size {batch_size}) does not fit {spec}: {_first_line(e)}"
+        ) from None
     return ResolvedModel(model, example, source, spec)
