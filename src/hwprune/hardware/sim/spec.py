@@ -263,6 +263,8 @@ def load_spec(path_or_name: str | Path) -> HardwareSpec:
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
+        if isinstance(e, yaml.reader.ReaderError):  # a NUL or other character YAML forbids, found before parsing
+            at = f" (a control or binary character at byte {e.position})"
         raise HwpruneError(f"hardware spec {path}: not valid YAML{at}") from e
     return parse_spec(data, str(path))
 
