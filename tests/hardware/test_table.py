@@ -8,6 +8,7 @@ from hwprune.cost.model import Profiler
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
+from hwprune.hardware.timing import Timing
 
 
 def test_cache_hits_on_second_build_and_misses_on_new_fingerprint(tmp_path):
@@ -41,3 +42,40 @@ def test_corrupt_cache_is_a_clear_error(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(HwpruneError, match="delete the file"):
         LatencyCache(bad)
+
+
+def test_fast_and_standard_timing_never_share_a_table(tmp_path, monkeypatch):
+    """HWPRUNE_TIMING=fast (3 calls a figure) is in every fingerprint, so its noise never passes for a table."""
+    model, x = tiny_cnn()
+    a = analyze(model, x)
+
+    def standard_target():
+        monkeypatch.delenv("HWPRUNE_TIMING")
+        t = get_target("cpu", threads=1)
+        monkeypatch.setenv("HWPRUNE_TIMING", "fast")
+        # The standard protocol times an entry for >= 0.15 s; the table key is under test, not the timing.
+        t.time_layer = lambda layer, inp: Timing(1e-3, 1e-3, 1e-3, 20)
+        return t
+
+    fast = get_target("cpu", threads=1)
+    std = standard_target()
+    assert (fast.fingerprint()["timing"], std.fingerprint()["timing"]) == ("fast", "standard")
+    assert {k: v for k, v in fast.fingerprint().items() if k != "timing"} == {
+        k: v for k, v in std.fingerprint().items() if k != "timing"
+    }
+    assert fast.device_key() != std.device_key()
+    for first, second in ((fast, std), (std, fast)):
+        path = tmp_path / f"{first.fingerprint()['timing']}-first.sqlite"
+        with LatencyCache(path) as cache:
+            p1 = Profiler(first, cache, progress=False)
+            p1.build(a)
+            p2 = Profiler(second, cache, progress=False)
+            p2.build(a)
+            assert p1.measured > 0 and p2.reused == 0 and p2.measured >= cache.count(p2.device) > 0
+            again = Profiler(first, cache, progress=False)
+            again.build(a)  # the first protocol still finds its own entries
+            # Exact for the constant standard figures; fast ones are noise, and bisection follows the values.
+            assert again.reused == cache.count(p1.device) if first is std else again.reused > 0
+    assert get_target("cpu-ort", threads=1).fingerprint()["timing"] == "fast"
+    assert get_target("sim:rpi5").fingerprint()["timing"] == "standard"  # computed figures: nothing is timed
+    torch.set_num_threads(1)

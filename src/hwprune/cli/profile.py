@@ -109,7 +109,7 @@ def build_profile(
             input_shape=tuple(example.shape) if hasattr(example, "shape") else (),
             layers=len(analysis.layers),
             measured=profiler.measured,
-            reused=table.hits,
+            reused=profiler.reused,
             device_entries=table.count(profiler.device),
             seconds=seconds,
             cache=table.path,

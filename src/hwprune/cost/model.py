@@ -65,18 +65,32 @@ class Profiler:
         self.progress = progress
         self.measured = 0
         self._bar = None
+        # Entries this run measured, and those it found that an earlier run wrote: a layer asks for some
+        # entries twice, so counting cache hits would count reuse twice.
+        self._mine: set[tuple] = set()
+        self._found: set[tuple] = set()
+
+    @property
+    def reused(self) -> int:
+        """Distinct entries found in the cache that an earlier run (not this one) measured."""
+        return len(self._found)
 
     def entry(self, layer: LayerInfo, c_in: int, c_out: int, fresh: bool = False) -> float:
         sig = layer.signature()
+        key = (sig, c_in, c_out)
         hit = None if fresh else self.cache.get(self.device, sig, c_in, c_out)
         if hit is not None:
+            if key not in self._mine:
+                self._found.add(key)
             return hit[0]
         mod, x = layer.build(c_in, c_out)
         t = self.target.time_layer(mod, x)
+        # Its own transaction (LatencyCache.put): a run killed after this line keeps the entry for the next.
         self.cache.put(self.device, sig, c_in, c_out, t.median, t.iqr, t.n)
+        self._mine.add(key)
         self.measured += 1
         if self._bar is not None:
-            self._bar.set_postfix(measured=self.measured, cached=self.cache.hits)
+            self._bar.set_postfix(measured=self.measured, cached=self.reused)
         return t.median
 
     def _row(self, layer, c_in, outs, cands, refine: bool, dw: bool) -> tuple[list[int], list[float]]:

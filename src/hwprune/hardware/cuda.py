@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
-from hwprune.hardware.fingerprint import cpu_model, fingerprint_key
+from hwprune.hardware.fingerprint import cpu_model, fingerprint_key, timing_mode
 from hwprune.hardware.targets import register_target
 from hwprune.hardware.timing import FAST_PROTOCOL, Timing, TimingProtocol, summary
 
@@ -171,6 +171,7 @@ class CudaTarget:
             "dtype": self.dtype_name,
             "tf32": self.tf32,
             "cudnn_benchmark": self.cudnn_benchmark,
+            "timing": timing_mode(self.table_protocol, self.model_protocol),
             # Eager launches are issued by the host: at batch 1 the CPU's speed is part of the latency.
             "host_cpu": cpu_model(),
             "threads": self.threads,

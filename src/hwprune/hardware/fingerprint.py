@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import torch
 
+from hwprune.hardware.timing import FAST_PROTOCOL, TimingProtocol
+
 
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
@@ -47,8 +49,19 @@ def physical_cores() -> int:
     return os.cpu_count() or 1
 
 
-def fingerprint(threads: int, dtype: str = "float32", runtime: str = "torch-eager") -> dict:
-    """What a latency figure depends on, apart from the layer itself."""
+def timing_mode(*protocols: TimingProtocol) -> str:
+    """'fast' if any of a target's protocols is the tests' FAST_PROTOCOL (HWPRUNE_TIMING=fast), else 'standard'.
+
+    Part of every fingerprint: a table timed over 3 calls is noise, and without the mode in the device key a
+    later real run reused 444 of its 445 entries as if they were measured.
+    """
+    return "fast" if any(p == FAST_PROTOCOL for p in protocols) else "standard"
+
+
+def fingerprint(
+    threads: int, dtype: str = "float32", runtime: str = "torch-eager", timing: str = "standard"
+) -> dict:
+    """What a latency figure depends on, apart from the layer itself (`timing`: see timing_mode)."""
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),
@@ -58,6 +71,7 @@ def fingerprint(threads: int, dtype: str = "float32", runtime: str = "torch-eage
         "runtime": runtime,
         "torch": torch.__version__.split("+")[0],
         "dtype": dtype,
+        "timing": timing,
     }
 
 

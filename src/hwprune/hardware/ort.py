@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import eval_mode
-from hwprune.hardware.fingerprint import fingerprint
+from hwprune.hardware.fingerprint import fingerprint, timing_mode
 from hwprune.hardware.targets import CpuTarget, register_target
 from hwprune.hardware.timing import Timing, time_interleaved
 
@@ -165,7 +165,11 @@ class OrtCpuTarget(CpuTarget):
 
     def fingerprint(self) -> dict:
         return {
-            **fingerprint(self.threads, runtime=f"onnxruntime {ort.__version__}"),
+            **fingerprint(
+                self.threads,
+                runtime=f"onnxruntime {ort.__version__}",
+                timing=timing_mode(self.table_protocol, self.model_protocol),
+            ),
             "provider": PROVIDER,
             "opset": OPSET,
             "inter_op_threads": 1,

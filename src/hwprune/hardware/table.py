@@ -20,6 +20,13 @@ from typing import TypeVar
 from hwprune.core.errors import HwpruneError
 
 SCHEMA_VERSION = 1
+#: The SQLite header's application id of an hwprune latency table (sqlite.org/fileformat.html#application_id),
+#: ASCII 'hwpr'. It is read from the file's first 100 bytes before anything opens the file for writing, so
+#: another program's database named by mistake is refused untouched.
+APPLICATION_ID = 0x68777072
+#: The tables of a latency table; a file made before APPLICATION_ID was set is recognised by these.
+TABLES = frozenset({"meta", "devices", "entries"})
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 #: How long one statement waits on another process's write lock (SQLite's busy handler), seconds.
 BUSY_TIMEOUT_S = 30.0
 #: How long a write keeps retrying when SQLite still answers `database is locked` / `busy`: the busy handler
@@ -88,6 +95,90 @@ def _is_locked(e: sqlite3.Error) -> bool:
     return isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
 
 
+def _not_ours(path: Path, what: str) -> HwpruneError:
+    return HwpruneError(
+        f"{path} is {what}, not an hwprune latency table; it was left untouched: pass --cache a new file name"
+    )
+
+
+def _is_write_problem(e: sqlite3.Error) -> bool:
+    """The file's place (permissions, disk space), not its content, stopped SQLite."""
+    msg = str(e).lower()
+    return any(k in msg for k in ("readonly", "read-only", "unable to open", "disk i/o", "full", "permission"))
+
+
+def _sqlite_problem(path: Path, e: sqlite3.Error) -> HwpruneError:
+    """A one-line error for an SQLite failure that is not a lock: the file's place, or the file itself."""
+    msg = str(e)
+    if _is_write_problem(e):
+        return HwpruneError(
+            f"cannot write latency cache {path} ({msg}); check that its directory is writable and has free space, "
+            "or pass --cache FILE elsewhere"
+        )
+    return HwpruneError(f"latency cache {path} is corrupt ({msg}); {_fix_hint()}")
+
+
+def _check_location(path: Path) -> None:
+    """The cache's directory exists (made if need be) and a file can be written there, or a one-line error."""
+    if path.is_dir():
+        raise HwpruneError(f"latency cache {path} is a directory; pass --cache a file, e.g. {path / 'latency.sqlite'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise HwpruneError(
+            f"cannot create the latency cache's directory {path.parent} ({why}); "
+            "pass --cache FILE in a writable place (or set HWPRUNE_CACHE_DIR)"
+        ) from None
+    # SQLite writes `-wal` and `-shm` files beside the table, so the directory must be writable too.
+    for where in (path.parent, path) if path.exists() else (path.parent,):
+        if not os.access(where, os.W_OK):
+            raise HwpruneError(
+                f"cannot write latency cache {path}: {where} is not writable; pass --cache FILE in a writable place"
+            )
+
+
+def _identify(path: Path) -> None:
+    """Refuse, before any write, a file that is not an hwprune latency table.
+
+    An empty or missing file becomes a new table. A file without SQLite's header is corrupt (CacheUnusable:
+    `--rebuild` moves it aside). An SQLite file is ours by its application id, or (made before the id was set)
+    by holding only our tables; any other SQLite database is another program's, refused whatever `--rebuild`
+    says, since moving it aside would break that program.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise HwpruneError(f"cannot read latency cache {path} ({e.strerror or e})") from None
+    if not head:
+        return
+    if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+        msg = f"latency cache {path} is corrupt or not a cache (no SQLite header); {_fix_hint()}"
+        raise CacheUnusable(msg, "corrupt")
+    app_id = int.from_bytes(head[68:72], "big")
+    if app_id == APPLICATION_ID:
+        return
+    if app_id != 0:
+        raise _not_ours(path, f"an SQLite database of another program (application id {app_id:#x})")
+    try:
+        ro = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            user_version = ro.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            ro.close()
+    except sqlite3.Error as e:
+        if _is_locked(e):
+            return  # another hwprune is creating it; the locked-retry below waits for it
+        raise CacheUnusable(f"latency cache {path} is corrupt or not a cache ({e}); {_fix_hint()}", "corrupt") from None
+    if user_version != 0 or not tables <= TABLES or (tables and "meta" not in tables):
+        shown = ", ".join(sorted(tables)[:5]) or "none"
+        raise _not_ours(path, f"an SQLite database with other tables ({shown})")
+
+
 def _fix_hint() -> str:
     return "run `hwprune profile --rebuild` to move it aside and start a fresh one (or delete the file)"
 
@@ -112,7 +203,7 @@ class LatencyCache:
 
     def __init__(self, path: str | Path | None = None, rebuild: bool = False, timeout: float = BUSY_TIMEOUT_S):
         self.path = Path(path) if path else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_location(self.path)
         self.hits = 0
         self.misses = 0
         self.timeout = timeout
@@ -128,6 +219,7 @@ class LatencyCache:
     # -- opening, checking, recovering ------------------------------------------------------------------
 
     def _open(self) -> None:
+        _identify(self.path)
         try:
             self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         except sqlite3.Error as e:
@@ -144,14 +236,15 @@ class LatencyCache:
         db = self._db
         try:
             # Corruption in the header shows up on the first statement; deeper damage (a torn page) only
-            # on a read of that page, so quick_check walks the whole file once (milliseconds for a table).
+            # on a read of that page, so quick_check walks the whole file once (milliseconds for a table),
+            # before the journal-mode change below writes to it.
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
             db.execute("PRAGMA journal_mode=WAL")
             # WAL + synchronous=NORMAL cannot corrupt the file on power loss, only drop the last commits
             # (sqlite.org/pragma.html#pragma_synchronous); a lost entry is measured again next run.
             db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -165,6 +258,7 @@ class LatencyCache:
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 if row is None:
                     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -172,6 +266,8 @@ class LatencyCache:
         except sqlite3.DatabaseError as e:
             if _is_locked(e):
                 raise
+            if _is_write_problem(e):
+                raise _sqlite_problem(self.path, e) from None
             msg = f"latency cache {self.path} is corrupt or not a cache ({e}); {_fix_hint()}"
             raise CacheUnusable(msg, "corrupt") from None
         if row is not None and row[0] != str(SCHEMA_VERSION):
@@ -197,7 +293,7 @@ class LatencyCache:
                 return fn()
             except sqlite3.Error as e:
                 if not _is_locked(e):
-                    raise HwpruneError(f"latency cache {self.path} is corrupt ({e}); {_fix_hint()}") from None
+                    raise _sqlite_problem(self.path, e) from None
                 if time.monotonic() > deadline:
                     raise HwpruneError(
                         f"latency cache {self.path} stayed locked by another process for over "

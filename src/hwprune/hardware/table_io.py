@@ -200,7 +200,7 @@ def profile_info(cache: str | Path | None = None) -> tuple[Path, list[DeviceSumm
 
 
 #: Fingerprint fields shown first in summaries (CPU, GPU and simulator targets each have some of them).
-_SUMMARY_KEYS = ("gpu", "device", "cpu", "runtime", "threads", "torch", "dtype")
+_SUMMARY_KEYS = ("gpu", "device", "cpu", "runtime", "threads", "torch", "dtype", "timing")
 
 
 def describe_fingerprint(fp: dict) -> str:

@@ -15,7 +15,7 @@ import torch.nn as nn
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
 from hwprune.core.registry import Registry
-from hwprune.hardware.fingerprint import fingerprint, fingerprint_key, physical_cores
+from hwprune.hardware.fingerprint import fingerprint, fingerprint_key, physical_cores, timing_mode
 from hwprune.hardware.timing import (
     FAST_PROTOCOL,
     MODEL_PROTOCOL,
@@ -103,7 +103,7 @@ class CpuTarget:
         torch.set_num_threads(self.threads)
 
     def fingerprint(self) -> dict:
-        return fingerprint(self.threads)
+        return fingerprint(self.threads, timing=timing_mode(self.table_protocol, self.model_protocol))
 
     def device_key(self) -> str:
         return fingerprint_key(self.fingerprint())

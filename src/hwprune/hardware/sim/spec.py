@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,8 @@ _TOP_FIELDS = {
     "calibration",
 }
 _DTYPE_FIELDS = {"peak_ops", "tile_in", "tile_out", "energy_per_mac"}
+#: What a spec file holds, for the errors about a file that is not one.
+_LAYOUT = "a spec is a YAML mapping of fields (name, dtypes, memory_bandwidth, ...; see hardware/catalog/*.yaml)"
 
 
 @dataclass(frozen=True)
@@ -107,20 +110,43 @@ class HardwareSpec:
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _number(value, where: str, field_name: str, *, positive: bool = True) -> float:
+#: Allowed range of every numeric field: (low, high, whether low itself is allowed, unit). The upper ends are
+#: two to three decades beyond the largest figure in the catalog (an H100's 3.35e12 B/s, 80 GiB and 1.98e15
+#: INT8 ops/s), so a real part fits and a typo of a few digits (1e21 for 1e12) does not. Efficiencies above 1
+#: are allowed: `hwprune calibrate` fits them against the spec's peaks, and a measured machine faster than its
+#: spec's datasheet peaks fits above 1.
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "memory_bandwidth": (0.0, 1e15, False, "bytes/s"),
+    "memory_capacity": (0.0, 1e15, False, "bytes"),
+    "onchip_buffer": (0.0, 1e13, False, "bytes"),
+    "op_overhead": (0.0, 1.0, True, "s"),
+    "efficiency": (0.0, 1e3, False, "fraction of peak"),
+    "energy_per_dram_byte": (0.0, 1e-6, True, "J"),
+    "peak_ops": (0.0, 1e18, False, "ops/s"),
+    "tile": (1.0, 65536.0, True, "channels"),
+    "energy_per_mac": (0.0, 1e-6, True, "J"),
+    "sparsity": (0.0, 10.0, False, "x the dense compute time"),
+}
+
+
+def _range_text(kind: str) -> str:
+    lo, hi, closed, unit = RANGES[kind]
+    return f"{'[' if closed else '('}{lo:g}, {hi:g}] {unit}"
+
+
+def _number(value, where: str, field_name: str, kind: str) -> float:
+    """`value` as a float within RANGES[kind]; the error names the field and the allowed range."""
+    lo, hi, closed, _ = RANGES[kind]
+    bad = f"hardware spec {where}: field '{field_name}' must be a number in {_range_text(kind)}, got {value!r}"
     # PyYAML reads `1e9` (no dot, no exponent sign) as a string; accept any string float() accepts.
     if isinstance(value, bool) or value is None:
-        raise HwpruneError(f"hardware spec {where}: field '{field_name}' must be a number, got {value!r}")
+        raise HwpruneError(bad)
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise HwpruneError(f"hardware spec {where}: field '{field_name}' must be a number, got {value!r}") from None
-    if not math.isfinite(x):
-        raise HwpruneError(f"hardware spec {where}: field '{field_name}' must be finite, got {value!r}")
-    if positive and x <= 0:
-        raise HwpruneError(f"hardware spec {where}: field '{field_name}' must be > 0, got {value!r}")
-    if not positive and x < 0:
-        raise HwpruneError(f"hardware spec {where}: field '{field_name}' must be >= 0, got {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise HwpruneError(bad) from None
+    if not math.isfinite(x) or x > hi or x < lo or (x == lo and not closed):
+        raise HwpruneError(bad)
     return x
 
 
@@ -128,6 +154,11 @@ def _get(d: dict, key: str, where: str, prefix: str = ""):
     if key not in d:
         raise HwpruneError(f"hardware spec {where}: missing field '{prefix}{key}'")
     return d[key]
+
+
+def _field(d: dict, key: str, where: str, prefix: str = "", kind: str | None = None) -> float:
+    """The numeric field `prefix + key` of `d`, checked against RANGES[kind or key]."""
+    return _number(_get(d, key, where, prefix), where, prefix + key, kind or key)
 
 
 def _mapping(value, where: str, field_name: str) -> dict:
@@ -151,22 +182,25 @@ def _parse_dtype(dt: str, entry, where: str) -> DtypeSpec:
     p = f"dtypes.{dt}."
     tiles = []
     for t in ("tile_in", "tile_out"):
-        v = _number(_get(entry, t, where, p), where, p + t)
+        v = _field(entry, t, where, p, "tile")
         if v != int(v):
             raise HwpruneError(f"hardware spec {where}: field '{p}{t}' must be a whole number, got {v}")
         tiles.append(int(v))
     return DtypeSpec(
-        peak_ops=_number(_get(entry, "peak_ops", where, p), where, p + "peak_ops"),
+        peak_ops=_field(entry, "peak_ops", where, p),
         tile_in=tiles[0],
         tile_out=tiles[1],
-        energy_per_mac=_number(_get(entry, "energy_per_mac", where, p), where, p + "energy_per_mac", positive=False),
+        energy_per_mac=_field(entry, "energy_per_mac", where, p),
     )
 
 
 def parse_spec(data, where: str = "<spec>") -> HardwareSpec:
     """Validate a spec dict (as read from YAML); errors name the file and the field."""
-    data = _mapping(data, where, "<top level>")
-    unknown = sorted(set(data) - _TOP_FIELDS)
+    if data is None:
+        raise HwpruneError(f"hardware spec {where}: the file is empty; {_LAYOUT}")
+    if not isinstance(data, dict):
+        raise HwpruneError(f"hardware spec {where}: the top level is a {type(data).__name__}; {_LAYOUT}")
+    unknown = sorted(str(k) for k in data if k not in _TOP_FIELDS)
     if unknown:
         raise HwpruneError(
             f"hardware spec {where}: unknown field '{unknown[0]}'; known: {', '.join(sorted(_TOP_FIELDS))}"
@@ -187,25 +221,23 @@ def parse_spec(data, where: str = "<spec>") -> HardwareSpec:
     eff = _mapping(_get(data, "efficiency", where), where, "efficiency")
     sparsity = {}
     for k, v in _mapping(data.get("sparsity") or {}, where, "sparsity").items():
-        sparsity[str(k)] = _number(v, where, f"sparsity.{k}")
+        sparsity[str(k)] = _number(v, where, f"sparsity.{k}", "sparsity")
     return HardwareSpec(
         name=name,
         description=str(data.get("description", name)),
         kind=str(data.get("kind", "")),
         default_dtype=default,
         memory_model=mm,
-        memory_bandwidth=_number(_get(data, "memory_bandwidth", where), where, "memory_bandwidth"),
-        memory_capacity=_number(_get(data, "memory_capacity", where), where, "memory_capacity"),
-        onchip_buffer=_number(_get(data, "onchip_buffer", where), where, "onchip_buffer"),
-        op_overhead=_number(_get(data, "op_overhead", where), where, "op_overhead", positive=False),
-        compute_efficiency=_number(_get(eff, "compute", where, "efficiency."), where, "efficiency.compute"),
-        bandwidth_efficiency=_number(_get(eff, "bandwidth", where, "efficiency."), where, "efficiency.bandwidth"),
-        energy_per_dram_byte=_number(
-            _get(data, "energy_per_dram_byte", where), where, "energy_per_dram_byte", positive=False
-        ),
+        memory_bandwidth=_field(data, "memory_bandwidth", where),
+        memory_capacity=_field(data, "memory_capacity", where),
+        onchip_buffer=_field(data, "onchip_buffer", where),
+        op_overhead=_field(data, "op_overhead", where),
+        compute_efficiency=_field(eff, "compute", where, "efficiency.", "efficiency"),
+        bandwidth_efficiency=_field(eff, "bandwidth", where, "efficiency.", "efficiency"),
+        energy_per_dram_byte=_field(data, "energy_per_dram_byte", where),
         dtypes=dtypes,
         sparsity=sparsity,
-        calibration=dict(data.get("calibration") or {}),
+        calibration=dict(_mapping(data.get("calibration") or {}, where, "calibration")),
         source=where,
     )
 
@@ -221,10 +253,18 @@ def load_spec(path_or_name: str | Path) -> HardwareSpec:
             f"hardware spec '{s}' not found: not a file and not in the catalog ({', '.join(sorted(catalog))})"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HwpruneError(f"hardware spec {path}: not a text file (byte {e.start} is not UTF-8); {_LAYOUT}") from None
+    except OSError as e:
+        raise HwpruneError(f"hardware spec {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
+        if isinstance(e, yaml.reader.ReaderError):  # a NUL or other character YAML forbids, found before parsing
+            at = f" (a control or binary character at byte {e.position})"
         raise HwpruneError(f"hardware spec {path}: not valid YAML{at}") from e
     return parse_spec(data, str(path))
 
@@ -240,8 +280,14 @@ def save_spec(spec: HardwareSpec, path: str | Path) -> Path:
         header.append(f"# energies are copied from {spec.calibration.get('from_spec', 'the source spec')}, whose")
         header.append("# comments give their sources.")
     text = "\n".join(header) + "\n" + yaml.safe_dump(spec.to_dict(), sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a reader (or a later --target) never sees half a spec
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise HwpruneError(f"cannot write the spec to {path} ({e.strerror or e})") from None
     return path
 
 

@@ -54,6 +54,8 @@ class SimulatedTarget:
             "physical_cores": "n/a",
             "logical_cores": "n/a",
             "torch": torch.__version__.split("+")[0],
+            # Computed, not timed: HWPRUNE_TIMING=fast changes no figure, so a table is the standard one.
+            "timing": "standard",
         }
 
     def device_key(self) -> str:
