@@ -178,13 +178,13 @@ def test_head_pruning_on_torchvision_vit_and_save_load_parity(tmp_path):
     save_model(pruned, tmp_path / "m", _source("tiny_vit"))
     spec = json.loads((tmp_path / "m" / "spec.json").read_text())
     assert spec["replaced"]["encoder.layers.encoder_layer_0.self_attention"] == "attention-heads"
-    back = load(tmp_path / "m")
+    back = load(tmp_path / "m", trust_code=True)
     with torch.no_grad():
         assert torch.equal(back(x), pruned(x))
     # a loaded model saves and loads again the same way
     save_model(back, tmp_path / "m2", _source("tiny_vit"))
     with torch.no_grad():
-        assert torch.equal(load(tmp_path / "m2")(x), pruned(x))
+        assert torch.equal(load(tmp_path / "m2", trust_code=True)(x), pruned(x))
 
 
 def test_remove_heads_refuses_to_remove_every_head():
@@ -278,7 +278,7 @@ def test_block_pruning_save_load_parity(tmp_path):
     assert len(info.removed) == 1
     save_model(pruned, tmp_path / "m", _source("tiny_blocks"))
     assert json.loads((tmp_path / "m" / "spec.json").read_text())["replaced"] == {info.removed[0]: "identity"}
-    back = load(tmp_path / "m")
+    back = load(tmp_path / "m", trust_code=True)
     assert isinstance(back.get_submodule(info.removed[0]), nn.Identity)
     with torch.no_grad():
         assert torch.equal(back(x), pruned(x))
@@ -291,7 +291,7 @@ def test_vit_blocks_and_heads_together_save_and_load(tmp_path):
     assert len(info.removed) == 1
     save_model(pruned, tmp_path / "m", _source("tiny_vit"))
     with torch.no_grad():
-        assert torch.equal(load(tmp_path / "m")(x), pruned(x))
+        assert torch.equal(load(tmp_path / "m", trust_code=True)(x), pruned(x))
 
 
 # ----------------------------------------------------------------------------------------------- errors

@@ -47,7 +47,7 @@ def test_block_ratio_replaces_the_lower_scoring_block(tmp_path, tiny_file):
     _, plan = run(tiny_file, out, "--granularity", "block", "--selection", "ratio", "--sparsity", "0.5")
     removed = plan["rounds"][0]["removed"]
     assert len(removed) == 1 and set(removed) <= {"block1", "block2"}
-    model = hwprune.load(out / "model")
+    model = hwprune.load(out / "model", trust_code=True)
     assert isinstance(getattr(model, next(iter(removed))), torch.nn.Identity)
 
 
@@ -67,7 +67,7 @@ def test_head_ratio_removes_half_the_heads(tmp_path, tiny_file):
         model="digits_attention",
     )
     assert plan["rounds"][0]["removed"] == {"attn": 2}
-    assert hwprune.load(out / "model").attn.num_heads == 2
+    assert hwprune.load(out / "model", trust_code=True).attn.num_heads == 2
 
 
 def test_mean_threshold_on_weights_removes_exactly_those_below_the_layer_mean(tmp_path, tiny_file):
@@ -111,7 +111,7 @@ def test_unstructured_gradual_reaches_its_sparsity_and_saves_small(tmp_path, tin
     )
     assert plan["rounds"][-1]["target"] == pytest.approx(0.9) and plan["rounds"][-1]["actual"] >= 0.9 - 1e-3
     assert "Weight masks leave every tensor dense" in report["notes"][0]
-    model = hwprune.load(out / "model")
+    model = hwprune.load(out / "model", trust_code=True)
     zeros = sum(int((m.weight == 0).sum()) for n, m in model.named_modules() if n in {"block1.conv1", "mid.0"})
     total = sum(m.weight.numel() for n, m in model.named_modules() if n in {"block1.conv1", "mid.0"})
     assert zeros / total >= 0.9 - 1e-3
@@ -122,7 +122,7 @@ def test_nm_and_block_masks_hold_after_fine_tuning(tmp_path, tiny_file, granular
     out = tmp_path / "o"
     args = ["--granularity", granularity, "--selection", "ratio", "--criterion", "l1"]
     run(tiny_file, out, *args, *([] if ":" in granularity else ["--sparsity", "0.5"]))
-    model = hwprune.load(out / "model")
+    model = hwprune.load(out / "model", trust_code=True)
     for name in ("block1.conv1", "block2.conv2"):
         w = dict(model.named_modules())[name].weight.detach()
         assert check(w) if check else check_blocks(w.flatten(1), 4, 1)

@@ -38,7 +38,7 @@ def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_fil
 
     # The plan matches the saved model, and the saved model reloads to the same function.
     plan = Plan.load(out / "plan.json")
-    model = hwprune.load(out / "model")
+    model = hwprune.load(out / "model", trust_code=True)
     widths = {g.id: g.width for g in plan.groups}
     assert model.net[1].out_features == widths["net.1"] < 1024
     assert model.net[3].in_features == widths["net.1"] and model.net[3].out_features == widths["net.3"]

@@ -115,7 +115,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         raise HwpruneError("--model is required (or set model: in the --recipe)")
     if not inputs.get("out"):
         raise HwpruneError("--out is required (or set out: in the --recipe)")
-    prepare_out(inputs["out"])
+    prepare_out(inputs["out"], overwrite=True)
     cfg = PruneConfig.from_dict(options_, where=where)
     result = prune_spec(
         str(inputs["model"]),
@@ -125,7 +125,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         cfg,
         progress=not getattr(a, "quiet", False),
     )
-    out = result.save(inputs["out"])
+    out = result.save(inputs["out"], overwrite=True)
     _print_summary(result.report)
     print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
     return 0 if result.report.budget.met else 1

@@ -27,7 +27,7 @@ from hwprune.cost.model import CALIBRATION_KEEPS, SPLIT_KEEPS, CostModel, Profil
 from hwprune.groups.analysis import GroupAnalysis, LayerInfo, analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target
-from hwprune.hardware.timing import ratio
+from hwprune.hardware.timing import latency_estimate, ratio
 from hwprune.plan.plan import make_plan
 
 
@@ -59,6 +59,14 @@ class ModelCheck:
     measured_s: float
     iqr_s: float
     remainder_fit: str  # which measurement the remainder was fitted on ("none": predicted = layer sum)
+    #: 95% confidence interval of the measured median (hardware.timing.latency_estimate)
+    ci_low_s: float | None = None
+    ci_high_s: float | None = None
+
+    @classmethod
+    def of(cls, name: str, fit, widths: dict[str, int], timing, how: str) -> ModelCheck:
+        e = latency_estimate(timing)
+        return cls(name, fit.layer_sum(widths), fit.remainder(widths), timing.median, timing.iqr, how, e.low, e.high)
 
     @property
     def predicted_s(self) -> float:
@@ -128,14 +136,15 @@ class ValidationReport:
             )
         lines += [
             "",
-            f"{'model':<8} {'layer sum ms':>13} {'remainder ms':>13} {'predicted ms':>13} {'measured ms (IQR)':>20} "
+            f"{'model':<8} {'layer sum ms':>13} {'remainder ms':>13} {'predicted ms':>13} {'measured ms [95% CI]':>26} "
             f"{'error':>8} {'sum-only error':>15}  remainder fitted on",
         ]
         for m in self.models:
-            measured = f"{m.measured_s * 1e3:.3f} ({m.iqr_s * 1e3:.3f})"
+            ci = f"[{m.ci_low_s * 1e3:.3f}, {m.ci_high_s * 1e3:.3f}]" if m.ci_low_s is not None else ""
+            measured = f"{m.measured_s * 1e3:.3f} {ci}"
             lines.append(
                 f"{m.name:<8} {m.layer_sum_s * 1e3:>13.3f} {m.remainder_s * 1e3:>13.3f} {m.predicted_s * 1e3:>13.3f} "
-                f"{measured:>20} {m.error:>+8.1%} {m.layer_sum_error:>+15.1%}  {m.remainder_fit}"
+                f"{measured:>26} {m.error:>+8.1%} {m.layer_sum_error:>+15.1%}  {m.remainder_fit}"
             )
         return "\n".join(lines)
 
@@ -210,9 +219,7 @@ def validate(
         # One model: the remainder is fitted on the calibration plans only, so the prediction is out of sample.
         td = target.time_models([model], example_inputs, final=True)[0]
         fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, td.median)
-        report.models.append(
-            ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, _CAL)
-        )
+        report.models.append(ModelCheck.of("dense", fit, dense_w, td, _CAL))
         return report
 
     if pruned is None:
@@ -224,8 +231,8 @@ def validate(
     fit = _fit_on_calibration_plans(model, example_inputs, analysis, curves, target, order, td.median)
     how = _CAL
     report.models += [
-        ModelCheck("dense", fit.layer_sum(dense_w), fit.remainder(dense_w), td.median, td.iqr, how),
-        ModelCheck("pruned", fit.layer_sum(check_w), fit.remainder(check_w), tp.median, tp.iqr, how),
+        ModelCheck.of("dense", fit, dense_w, td, how),
+        ModelCheck.of("pruned", fit, check_w, tp, how),
     ]
     return report
 

@@ -45,10 +45,10 @@ def _latency_table(run: Run, analysis):
     curves = profiler.build(analysis)
     seconds = time.perf_counter() - t0
     run.stages["latency_table_s"] = seconds
-    run.log(f"latency table: {profiler.measured} entries measured, {cache.hits} from cache ({seconds:.1f} s)")
+    run.log(f"latency table: {profiler.measured} entries measured, {profiler.reused} from cache ({seconds:.1f} s)")
     table = TableBuild(
         entries_measured=profiler.measured,
-        cache_hits=cache.hits,
+        cache_hits=profiler.reused,
         seconds=seconds,
         cache=str(cache.path),
         device_key=profiler.device,

@@ -73,5 +73,5 @@ def trained_example(name: str, progress: bool = True) -> nn.Module:
             pass  # a damaged cache entry is rebuilt below
     data = get_dataset(ex.data)
     model = train(ex.build(), data, ex.epochs, desc=f"training dense {name}", progress=progress)
-    save_model(model, path, {"kind": "example", "name": name})
+    save_model(model, path, {"kind": "example", "name": name}, overwrite=True)  # a damaged entry is replaced
     return model
