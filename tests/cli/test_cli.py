@@ -43,9 +43,9 @@ def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_fi
         (["--model", "{tiny}:tiny_cnn", "--criterion", "vibes"], "unknown criterion 'vibes'"),
         (["--model", "{tiny}:tiny_cnn", "--finetune-epochs", "2"], "(--data on the command line)"),
         (["--model", "{tiny}:tiny_cnn", "--value", "sensitivity"], "(--data on the command line)"),
-        (["--model", "{tiny}:tiny_cnn", "--value", "vibes"], "--value must be"),
+        (["--model", "{tiny}:tiny_cnn", "--value", "vibes"], "must be auto, scores or sensitivity (--value)"),
         (["--model", "{tiny}:tiny_cnn", "--batch-size", "0"], "--batch-size"),
-        (["--model", "{tiny}:tiny_cnn", "--trust", "1.5"], "--trust 1.5"),
+        (["--model", "{tiny}:tiny_cnn", "--trust", "1.5"], "loop.trust 1.5: must be in [0, 1]"),
         (["--model", "{tiny}:tiny_cnn", "--budget", "1us"], "cannot be met"),
     ],
 )

@@ -57,23 +57,31 @@ def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConf
     """One PruneConfig from `config` and the keyword arguments that override it."""
     if isinstance(config, PruneConfig) and all(v is None for v in (budget, method, finetune, seed, target)):
         return config
+    if config is not None and not isinstance(config, (PruneConfig, dict)):
+        raise HwpruneError(f"config of type {type(config).__name__}: pass a PruneConfig or a dict")
     values = config.to_dict() if isinstance(config, PruneConfig) else dict(config or {})
     if budget is not None:
         values["budget"] = budget if isinstance(budget, str) else ",".join(b.text for b in budget)
     if method is not None:
         values["method"] = {**values.get("method", {}), **_plain(method)}
     if finetune is not None:
-        ft = {"epochs": finetune} if isinstance(finetune, int) else _plain(finetune)
+        ft = {"epochs": finetune} if isinstance(finetune, int) else _plain(finetune, "finetune")
         values["finetune"] = {**values.get("finetune", {}), **ft}
     if seed is not None:
         values["seed"] = seed
     if isinstance(target, str):
         values["target"] = {**values.get("target", {}), "name": target}
-    return PruneConfig.from_dict(values)
+    elif target is not None and not isinstance(target, Target):
+        raise HwpruneError(f"target of type {type(target).__name__}: pass a target name (`hwprune targets`) or a Target")
+    return PruneConfig.from_dict(values, where="hwprune.prune")
 
 
-def _plain(section) -> dict:
-    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+def _plain(section, name: str = "method") -> dict:
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    if not isinstance(section, dict):
+        raise HwpruneError(f"{name}={section!r}: pass a {name.capitalize()}Config or a dict of its fields")
+    return dict(section)
 
 
 def _check_fits(dense: nn.Module, example, data) -> None:
