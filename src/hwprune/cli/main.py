@@ -10,6 +10,7 @@ import threading
 import traceback
 
 from hwprune import __version__
+from hwprune.cli.outputs import resolve_checked
 from hwprune.cli.profile import DEFAULT_BATCH, DEFAULT_MODEL, build_profile, calibration_layers
 from hwprune.cli.prune import SHARED, add_config_options, add_model_args, cmd_demo, cmd_prune, prune_args
 from hwprune.core.errors import HwpruneError
@@ -21,7 +22,7 @@ from hwprune.hardware.targets import get_target, list_targets
 from hwprune.importance.criteria import list_criteria
 from hwprune.pipeline.granularity import GRANULARITIES, SCHEDULES
 from hwprune.plan.select import list_selections
-from hwprune.zoo.specs import SPEC_HELP, resolve
+from hwprune.zoo.specs import SPEC_HELP
 
 
 class Terminated(KeyboardInterrupt):
@@ -47,7 +48,7 @@ def _need_model(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> int:
     _need_model(a)
 
-    resolved = resolve(a.model, a.batch_size or 1, a.input_shape)
+    resolved = resolve_checked(a.model, 1 if a.batch_size is None else a.batch_size, a.input_shape)
     target = get_target(a.target, threads=a.threads)
     t = target.time_models([resolved.model], resolved.example_inputs)[0]
     fp = target.fingerprint()
@@ -228,7 +229,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     """Predicted vs measured latency per layer and for the whole model on a target."""
     _need_model(a)
 
-    resolved = resolve(a.model, a.batch_size or 1, a.input_shape)
+    resolved = resolve_checked(a.model, 1 if a.batch_size is None else a.batch_size, a.input_shape)
     target = get_target(a.target, threads=a.threads)
     report = validate(resolved.model, resolved.example_inputs, target, cache=LatencyCache(a.cache), progress=True)
     print(report.to_table())
@@ -240,7 +241,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     _need_model(a)
 
     spec = load_spec(a.spec)
-    resolved = resolve(a.model, a.batch_size or 1, a.input_shape)
+    resolved = resolve_checked(a.model, 1 if a.batch_size is None else a.batch_size, a.input_shape)
     measured = get_target(a.target, threads=a.threads)
     layers = calibration_layers(resolved.model, resolved.example_inputs, max_layers=a.max_layers)
     fitted, report = calibrate(spec, measured, layers)
@@ -304,7 +305,12 @@ def _first_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        if e.code == 2:  # a usage error, already printed in one line by Parser.error
+            return 2
+        raise  # --help, --version: argparse's own exit, as a script expects
     main_thread = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

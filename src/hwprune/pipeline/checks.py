@@ -7,6 +7,8 @@ import dataclasses
 import math
 import typing
 
+import torch
+
 from hwprune.core.budget import parse_budgets
 from hwprune.core.errors import HwpruneError
 from hwprune.importance import get_criterion
@@ -167,3 +169,35 @@ def check_data(cfg, data) -> None:
             "value 'sensitivity' (--value) measures calibration loss: pass data=... to hwprune.prune (--data on the "
             "command line), or use value 'scores'"
         )
+
+
+def check_weights(model) -> None:
+    """NaN or inf in a parameter or buffer poisons every score, measurement and fine-tuning step: refuse it
+    by name (a diverged training run, or a checkpoint saved after one)."""
+    for kind, items in (("weights", model.named_parameters()), ("buffers", model.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+                raise HwpruneError(f"model {kind} contain {bad} in {name}: load a checkpoint from before it diverged")
+
+
+def check_outputs(out, what: str) -> None:
+    """The model's outputs on `what` are finite (tensors, or the tensors of a tuple, list or dict)."""
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
+    for t in values:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            raise HwpruneError(f"the model's outputs on {what} contain {bad}: check its weights and forward()")
+
+
+def fit_error(model, inputs, e: Exception, what: str) -> HwpruneError:
+    """Why `inputs` do not run through `model`, in one line; integer inputs to a float model say so."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point() and param is not None and "type" in msg:
+        return HwpruneError(
+            f"{what} are {str(inputs.dtype).removeprefix('torch.')} but the model's weights are "
+            f"{str(param.dtype).removeprefix('torch.')}: pass float inputs (e.g. x.float())"
+        )
+    return HwpruneError(f"{what} of shape {got} do not fit the model: {msg[:200]}")

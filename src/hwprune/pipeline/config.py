@@ -125,10 +125,10 @@ class PruneConfig:
         flat = flat_fields()
         for key, value in values.items():
             k = str(key).replace("-", "_")
-            if k in SECTIONS and not isinstance(value, dict) and not dataclasses.is_dataclass(value):
-                raise HwpruneError(f"{where}: '{key}' must be a mapping of its options, got {value!r}")
-            if k in SECTIONS:
+            if k in SECTIONS and (isinstance(value, dict) or dataclasses.is_dataclass(value)):
                 nested[k].update(value if isinstance(value, dict) else dataclasses.asdict(value))
+            elif k in SECTIONS and k not in flat:  # `target` is a section and also the flat --target
+                raise HwpruneError(f"{where}: '{key}' must be a mapping of its options, got {value!r}")
             elif k in flat:
                 section, name = flat[k]
                 (top if section is None else nested[section])[name] = value
