@@ -11,10 +11,8 @@ from hwprune.cli.main import main
 
 def test_error_after_progress_output_is_still_one_line(capsys, tmp_path, tiny_file):
     """Without --quiet, progress goes to stderr first; the error is still a single final line."""
-    code, _, err = run(
-        capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--budget", "1us", "--target", "analytic-test", "--out",
-        str(tmp_path / "o"),
-    )
+    argv = ["--model", f"{tiny_file}:tiny_cnn", "--budget", "1us", "--target", "analytic-test"]
+    code, _, err = run(capsys, "prune", *argv, "--out", str(tmp_path / "o"))
     assert code == 2 and "Traceback" not in err
     assert err.rstrip().splitlines()[-1].startswith("hwprune: error: budget")
     assert sum("hwprune: error" in x for x in err.splitlines()) == 1
