@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         what = f"{type(e).__name__}: {_first_line(e)}" if _first_line(e) else type(e).__name__
-        print(f"hwprune: error: {what} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"hwprune: error: {what}{'' if args.debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
         return 2
     finally:
         if main_thread:

@@ -61,7 +61,7 @@ def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConf
         raise HwpruneError(f"config of type {type(config).__name__}: pass a PruneConfig or a dict")
     values = config.to_dict() if isinstance(config, PruneConfig) else dict(config or {})
     if budget is not None:
-        values["budget"] = budget if isinstance(budget, str) else ",".join(b.text for b in budget)
+        values["budget"] = _budget_text(budget)
     if method is not None:
         values["method"] = {**values.get("method", {}), **_plain(method)}
     if finetune is not None:
@@ -74,6 +74,17 @@ def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConf
     elif target is not None and not isinstance(target, Target):
         raise HwpruneError(f"target of type {type(target).__name__}: pass a name (`hwprune targets`) or a Target")
     return PruneConfig.from_dict(values, where="hwprune.prune")
+
+
+def _budget_text(budget) -> str:
+    """`budget=` as the parser reads it: a string, a bare fraction (0.5), or a list of strings / Budgets."""
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        return str(budget)
+    if isinstance(budget, (list, tuple)) and all(isinstance(b, (str, Budget)) for b in budget):
+        return ",".join(b if isinstance(b, str) else b.text for b in budget)
+    if not isinstance(budget, str):
+        raise HwpruneError(f"budget={budget!r}: pass a string such as 'latency=0.5,memory=8MB' (or a list of them)")
+    return budget
 
 
 def _plain(section, name: str = "method") -> dict:
