@@ -75,6 +75,8 @@ def test_threads_checked_by_bench_too(capsys, tiny_file):
         ("", "the recipe is empty; expected a mapping of options"),
         ("# only a comment\n", "the recipe is empty"),
         ("batch_size: big\n", "--batch-size 'big': give a whole number, at least 1"),
+        ("data: [digits]\n", "data ['digits']: expected a string, got list"),
+        ("input-shape: 3\n", "input-shape 3: expected a string, got int"),
     ],
 )
 def test_bad_recipes(capsys, tmp_path, tiny_file, text, needle):
@@ -85,6 +87,12 @@ def test_bad_recipes(capsys, tmp_path, tiny_file, text, needle):
     )
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name, needle", [("missing.yaml", "No such file or directory"), (".", "Is a directory")])
+def test_unreadable_recipe(capsys, tmp_path, tiny_file, name, needle):
+    code, _, err = run(capsys, "prune", "--model", f"{tiny_file}:tiny_cnn", "--recipe", tmp_path / name, "--out", "o")
+    assert_one_line_error(code, err, f"cannot read it ({needle})")
 
 
 def test_binary_recipe(capsys, tmp_path, tiny_file):

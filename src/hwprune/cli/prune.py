@@ -116,6 +116,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
         raise HwpruneError("--model is required (or set model: in the --recipe)")
     if not inputs.get("out"):
         raise HwpruneError("--out is required (or set out: in the --recipe)")
+    for key in ("model", "data", "input_shape", "out"):
+        if inputs.get(key) is not None and not isinstance(inputs[key], str):
+            got = inputs[key]
+            raise HwpruneError(f"{where}: {key.replace('_', '-')} {got!r}: expected a string, got {type(got).__name__}")
     cfg = PruneConfig.from_dict(options_, where=where)
     check_out(inputs["out"])
     result = prune_spec(
