@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import sys
+import threading
+import traceback
 
 from hwprune import __version__
+from hwprune.cli.outputs import resolve_checked
 from hwprune.cli.profile import DEFAULT_BATCH, DEFAULT_MODEL, build_profile, calibration_layers
 from hwprune.cli.prune import SHARED, add_config_options, add_model_args, cmd_demo, cmd_prune, prune_args
 from hwprune.core.errors import HwpruneError
@@ -18,18 +22,33 @@ from hwprune.hardware.targets import get_target, list_targets
 from hwprune.importance.criteria import list_criteria
 from hwprune.pipeline.granularity import GRANULARITIES, SCHEDULES
 from hwprune.plan.select import list_selections
-from hwprune.zoo.specs import SPEC_HELP, resolve
+from hwprune.zoo.specs import SPEC_HELP
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that the same clean-up as Ctrl-C runs (temporary outputs
+    removed by `atomic_directory`); exit code 128 + 15 as a shell reports a signal."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's own usage errors as one line too (`hwprune: error: ...`, exit 2), like every other one."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("hwprune").strip()
+        self.exit(2, f"hwprune: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
 
 
 def _need_model(a: argparse.Namespace) -> None:
     if not a.model:
         raise HwpruneError(f"--model is required for `hwprune {a.command}`")
+    if getattr(a, "threads", None) is not None and a.threads < 1:
+        raise HwpruneError(f"--threads {a.threads}: give at least 1 (or leave it out for the physical cores)")
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
     _need_model(a)
 
-    resolved = resolve(a.model, a.batch_size or 1, a.input_shape)
+    resolved = resolve_checked(a.model, 1 if a.batch_size is None else a.batch_size, a.input_shape)
     target = get_target(a.target, threads=a.threads)
     t = target.time_models([resolved.model], resolved.example_inputs)[0]
     fp = target.fingerprint()
@@ -210,7 +229,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     """Predicted vs measured latency per layer and for the whole model on a target."""
     _need_model(a)
 
-    resolved = resolve(a.model, a.batch_size or 1, a.input_shape)
+    resolved = resolve_checked(a.model, 1 if a.batch_size is None else a.batch_size, a.input_shape)
     target = get_target(a.target, threads=a.threads)
     report = validate(resolved.model, resolved.example_inputs, target, cache=LatencyCache(a.cache), progress=True)
     print(report.to_table())
@@ -222,7 +241,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     _need_model(a)
 
     spec = load_spec(a.spec)
-    resolved = resolve(a.model, a.batch_size or 1, a.input_shape)
+    resolved = resolve_checked(a.model, 1 if a.batch_size is None else a.batch_size, a.input_shape)
     measured = get_target(a.target, threads=a.threads)
     layers = calibration_layers(resolved.model, resolved.example_inputs, max_layers=a.max_layers)
     fitted, report = calibrate(spec, measured, layers)
@@ -234,12 +253,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hwprune",
         description="Prune a PyTorch model to fit a target (this CPU, ONNX Runtime, a CUDA GPU or a simulated device) "
         "and a budget (latency, memory, energy, params, MACs) measured or counted on that target.",
     )
     parser.add_argument("--version", action="version", version=f"hwprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train, prune to 50%% latency and fine-tune a 1-D CNN on MNIST-1D (no downloads)")
     p.add_argument("--out", default="hwprune-demo", help="output directory (default: ./hwprune-demo)")
@@ -270,19 +290,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the fitted spec here (a .yaml usable as --target)")
     p.set_defaults(fn=cmd_calibrate)
     _add_profile_parsers(sub)
+    for p in sub.choices.values():  # `hwprune prune --debug ...` as well as `hwprune --debug prune ...`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        if e.code == 2:  # a usage error, already printed in one line by Parser.error
+            return 2
+        raise  # --help, --version: argparse's own exit, as a script expects
+    main_thread = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.fn(args)
     except HwpruneError as e:
-        print(f"hwprune: error: {e}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"hwprune: error: {_first_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if args.debug:
+            traceback.print_exc()
         print("hwprune: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # a bug or an unforeseen input: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        what = f"{type(e).__name__}: {_first_line(e)}" if _first_line(e) else type(e).__name__
+        print(f"hwprune: error: {what}{'' if args.debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import time
 
+from hwprune.cli.outputs import check_out
 from hwprune.cli.run import prune_spec, read_recipe, split_options
 from hwprune.core.errors import HwpruneError
 from hwprune.importance import list_criteria
 from hwprune.pipeline.config import PruneConfig, flat_fields, options
 from hwprune.pipeline.granularity import SCHEDULES
 from hwprune.plan.select import SELECTIONS
-from hwprune.report.files import budget_lines, prepare_out, text_table
+from hwprune.report.files import budget_lines, text_table
 from hwprune.report.schema import Report
 from hwprune.zoo.specs import SPEC_HELP
 
@@ -115,12 +116,16 @@ def cmd_prune(a: argparse.Namespace) -> int:
         raise HwpruneError("--model is required (or set model: in the --recipe)")
     if not inputs.get("out"):
         raise HwpruneError("--out is required (or set out: in the --recipe)")
-    prepare_out(inputs["out"], overwrite=True)
+    for key in ("model", "data", "input_shape", "out"):
+        if inputs.get(key) is not None and not isinstance(inputs[key], str):
+            got = inputs[key]
+            raise HwpruneError(f"{where}: {key.replace('_', '-')} {got!r}: expected a string, got {type(got).__name__}")
     cfg = PruneConfig.from_dict(options_, where=where)
+    check_out(inputs["out"])
     result = prune_spec(
         str(inputs["model"]),
         inputs.get("data"),
-        int(inputs["batch_size"]) if inputs.get("batch_size") is not None else 1,
+        inputs["batch_size"] if inputs.get("batch_size") is not None else 1,
         inputs.get("input_shape"),
         cfg,
         progress=not getattr(a, "quiet", False),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hwprune.cli.outputs import resolve_checked
 from hwprune.pipeline.api import PruneResult, prune
 from hwprune.pipeline.config import PruneConfig, flat_fields, read_yaml
 from hwprune.zoo.datasets import get_dataset
-from hwprune.zoo.specs import resolve
 
 #: Recipe keys that name the run's inputs rather than settings (resolved by `zoo.specs` / `zoo.datasets`).
 INPUT_KEYS = ("model", "data", "batch_size", "input_shape", "out")
@@ -30,6 +30,8 @@ def split_options(values: dict) -> Recipe:
             out.inputs[k] = value
         elif k == "budget" and isinstance(value, dict):  # budget: {latency: 0.5, memory: 8MB}
             out.config["budget"] = ",".join(f"{n}={v}" for n, v in value.items())
+        elif k == "budget" and isinstance(value, (int, float)) and not isinstance(value, bool):  # budget: 0.5
+            out.config["budget"] = str(value)
         else:
             out.config[k] = value
     return out
@@ -54,7 +56,7 @@ def prune_spec(
     """
     cfg = config if isinstance(config, PruneConfig) else PruneConfig.from_dict(config or {})
     dataset = get_dataset(data) if data else None
-    resolved = resolve(model, batch_size, input_shape, progress)
+    resolved = resolve_checked(model, batch_size, input_shape, progress)
     return prune(
         resolved.model,
         resolved.example_inputs,

@@ -78,6 +78,14 @@ class Dataset:
         """Two validation inputs: enough to check that the data fits a model."""
         return self.x_test[:2]
 
+    def sample_batch(self) -> Batch:
+        """Two validation samples and their labels (the label checks read every label, `label_range`)."""
+        return self.x_test[:2], self.y_test[:2]
+
+    def label_range(self) -> tuple[int, int] | None:
+        y = torch.cat([self.y_train.flatten(), self.y_test.flatten()])
+        return (int(y.min()), int(y.max())) if len(y) and not y.is_floating_point() else None
+
 
 def _is_batch(item) -> bool:
     """A batch is a tensor, a dict of tensors, or a tuple/list whose first element is one of those."""
@@ -128,7 +136,12 @@ class LoaderData:
         self.val = self._loader(val, shuffle=False) if val is not None else None
         first = next(iter(self.train), None)
         if first is None:
-            raise HwpruneError("the training data yielded no batch")
+            raise HwpruneError(
+                f"the training data (a {type(train).__name__}) yielded no batch: pass a DataLoader, list or Dataset "
+                "with at least one (inputs, targets) batch"
+            )
+        if self.val is not None and next(iter(self.val), None) is None:
+            raise HwpruneError(f"the validation data (a {type(val).__name__}) yielded no batch: pass at least one")
         self.labeled = split_batch(first)[1] is not None
         self.num_classes = None
         self.description = description or (
@@ -157,7 +170,47 @@ class LoaderData:
         yield from (split_batch(b) for b in (self.val if self.val is not None else self.train))
 
     def sample_inputs(self):
-        return split_batch(next(iter(self.val if self.val is not None else self.train)))[0]
+        return self.sample_batch()[0]
+
+    def sample_batch(self) -> Batch:
+        return split_batch(next(iter(self.val if self.val is not None else self.train)))
+
+    def label_range(self) -> tuple[int, int] | None:
+        """The first batch's labels only: a loader is not read whole to check it."""
+        y = self.sample_batch()[1]
+        ok = isinstance(y, torch.Tensor) and y.numel() and not y.is_floating_point()
+        return (int(y.min()), int(y.max())) if ok else None
+
+
+def check_targets(outputs, targets, label_range: tuple[int, int] | None, default_loss: bool) -> None:
+    """The data's targets against the model's outputs, for the default loss (cross-entropy over class indices
+    or class probabilities): a label beyond the outputs or targets of another shape would fail deep inside
+    fine-tuning or a gradient criterion, or silently train on the wrong thing."""
+    if not (default_loss and isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return
+    if outputs.dim() < 2:
+        return
+    fix = "or pass loss_fn=... for targets of another kind"
+    classes = outputs.shape[-1]
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        if targets.shape != outputs.shape:
+            raise HwpruneError(
+                f"the data's targets are {str(targets.dtype).removeprefix('torch.')} of shape {tuple(targets.shape)}: "
+                f"cross-entropy (the default loss) takes class indices (int64) of shape {tuple(outputs.shape[:-1])} "
+                f"or class probabilities of the outputs' shape {tuple(outputs.shape)}; {fix}"
+            )
+        return
+    if tuple(targets.shape) != tuple(outputs.shape[:-1]):
+        raise HwpruneError(
+            f"the data's labels have shape {tuple(targets.shape)}, the model's outputs {tuple(outputs.shape)}: "
+            f"cross-entropy (the default loss) needs one class index per output row, shape "
+            f"{tuple(outputs.shape[:-1])} (e.g. labels.squeeze(-1)); {fix}"
+        )
+    if label_range is not None and (label_range[0] < 0 or label_range[1] >= classes):
+        raise HwpruneError(
+            f"the data's labels run from {label_range[0]} to {label_range[1]}, the model outputs {classes} classes "
+            f"(labels 0..{classes - 1}): check the labels or the model's last layer; {fix}"
+        )
 
 
 def as_data(data) -> Dataset | LoaderData | None:

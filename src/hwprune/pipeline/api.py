@@ -19,7 +19,7 @@ import torch.nn as nn
 
 import hwprune.pipeline.budget  # noqa: F401  (registers the budget method)
 from hwprune.core.budget import Budget, parse_budgets
-from hwprune.core.data import as_data
+from hwprune.core.data import as_data, check_targets
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
 from hwprune.cost.resources import FigureTarget, count
@@ -28,7 +28,7 @@ from hwprune.export.model import object_source
 from hwprune.finetune.train import train_steps
 from hwprune.hardware.base import Target
 from hwprune.hardware.targets import get_target
-from hwprune.pipeline.checks import check_data
+from hwprune.pipeline.checks import check_data, check_outputs, check_weights, fit_error
 from hwprune.pipeline.config import FinetuneConfig, MethodConfig, PruneConfig
 from hwprune.pipeline.context import METHODS, Outcome, Run
 from hwprune.pipeline.figures import final_figures
@@ -61,46 +61,69 @@ def _as_config(config, budget, method, finetune, seed, target=None) -> PruneConf
     """One PruneConfig from `config` and the keyword arguments that override it."""
     if isinstance(config, PruneConfig) and all(v is None for v in (budget, method, finetune, seed, target)):
         return config
+    if config is not None and not isinstance(config, (PruneConfig, dict)):
+        raise HwpruneError(f"config of type {type(config).__name__}: pass a PruneConfig or a dict")
     values = config.to_dict() if isinstance(config, PruneConfig) else dict(config or {})
     if budget is not None:
-        values["budget"] = budget if isinstance(budget, str) else ",".join(b.text for b in budget)
+        values["budget"] = _budget_text(budget)
     if method is not None:
         values["method"] = {**values.get("method", {}), **_plain(method)}
     if finetune is not None:
-        ft = {"epochs": finetune} if isinstance(finetune, int) else _plain(finetune)
+        ft = {"epochs": finetune} if isinstance(finetune, int) else _plain(finetune, "finetune")
         values["finetune"] = {**values.get("finetune", {}), **ft}
     if seed is not None:
         values["seed"] = seed
     if isinstance(target, str):
         values["target"] = {**values.get("target", {}), "name": target}
-    return PruneConfig.from_dict(values)
+    elif target is not None and not isinstance(target, Target):
+        raise HwpruneError(f"target of type {type(target).__name__}: pass a name (`hwprune targets`) or a Target")
+    return PruneConfig.from_dict(values, where="hwprune.prune")
 
 
-def _plain(section) -> dict:
-    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+def _budget_text(budget) -> str:
+    """`budget=` as the parser reads it: a string, a bare fraction (0.5), or a list of strings / Budgets."""
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        return str(budget)
+    if isinstance(budget, (list, tuple)) and all(isinstance(b, (str, Budget)) for b in budget):
+        return ",".join(b if isinstance(b, str) else b.text for b in budget)
+    if not isinstance(budget, str):
+        raise HwpruneError(f"budget={budget!r}: pass a string such as 'latency=0.5,memory=8MB' (or a list of them)")
+    return budget
 
 
-def _check_fits(dense: nn.Module, example, data) -> None:
-    """The model runs on its example inputs and on the data's inputs (a one-line error otherwise)."""
+def _plain(section, name: str = "method") -> dict:
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    if not isinstance(section, dict):
+        raise HwpruneError(f"{name}={section!r}: pass a {name.capitalize()}Config or a dict of its fields")
+    return dict(section)
+
+
+def _check_fits(dense: nn.Module, example, data, loss_fn) -> None:
+    """The model's weights are finite, it runs on its example inputs and on the data's inputs to finite
+    outputs, and the data's targets fit its outputs (a one-line error otherwise)."""
+    check_weights(dense)
     dense.eval()
     with torch.no_grad():
         try:
-            call(dense, example)
+            check_outputs(call(dense, example), "the example inputs")
+        except HwpruneError:
+            raise
         except Exception as e:
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-            raise HwpruneError(f"example inputs of shape {got} do not fit the model: {msg[:200]}") from None
+            raise fit_error(dense, example, e, "example inputs") from None
         if data is None:
             return
+        inputs, targets = data.sample_batch()
         try:
-            out = call(dense, data.sample_inputs())
+            out = call(dense, inputs)
         except Exception as e:
             shape = getattr(data, "sample_shape", None)
-            what = f" (samples of shape {shape})" if shape else ""
-            raise HwpruneError(f"the data{what} does not fit the model: {str(e).splitlines()[0][:160]}") from None
+            raise fit_error(dense, inputs, e, f"the data's inputs{f' (samples of {shape})' if shape else ''}") from None
+        check_outputs(out, "the data's inputs")
     classes = getattr(data, "num_classes", None)
     if classes and isinstance(out, torch.Tensor) and out.shape[-1] != classes:
         raise HwpruneError(f"model outputs {out.shape[-1]} classes, the data set has {classes}")
+    check_targets(out, targets, data.label_range(), default_loss=loss_fn is None)
 
 
 def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metric, progress) -> Run:
@@ -108,7 +131,7 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
         raise HwpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     data = as_data(data)
     check_data(cfg, data)
-    _check_fits(model, example_inputs, data)
+    _check_fits(model, example_inputs, data, loss_fn)
     if not isinstance(target, Target):
         target = get_target(cfg.target.name, threads=cfg.target.threads)
     budgets: list[Budget] = parse_budgets(cfg.budget) if cfg.budget else []

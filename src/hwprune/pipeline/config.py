@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from hwprune.core.errors import HwpruneError
-from hwprune.pipeline.checks import TRUST, check_config
+from hwprune.pipeline.checks import TRUST, FieldTypeError, check_config
 
 
 def option(default, help: str, flag: str | None = None, metavar: str | None = None):
@@ -118,20 +118,27 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> PruneConfig:
         """From nested sections and/or flat option names (`finetune-epochs`, `criterion`, `target`, ...)."""
+        if not isinstance(values, dict):
+            raise HwpruneError(f"{where}: expected a mapping of options, got {type(values).__name__}")
         nested: dict = {name: {} for name in SECTIONS}
         top: dict = {}
         flat = flat_fields()
         for key, value in values.items():
             k = str(key).replace("-", "_")
-            if k in SECTIONS and isinstance(value, dict):
-                nested[k].update(value)
+            if k in SECTIONS and (isinstance(value, dict) or dataclasses.is_dataclass(value)):
+                nested[k].update(value if isinstance(value, dict) else dataclasses.asdict(value))
+            elif k in SECTIONS and k not in flat:  # `target` is a section and also the flat --target
+                raise HwpruneError(f"{where}: '{key}' must be a mapping of its options, got {value!r}")
             elif k in flat:
                 section, name = flat[k]
                 (top if section is None else nested[section])[name] = value
             else:
                 known = ", ".join(sorted(n.replace("_", "-") for n in flat))
                 raise HwpruneError(f"{where}: unknown option '{key}'; options are: {known}")
-        return cls(**top, **{name: _section(SECTIONS[name], v, name) for name, v in nested.items()})
+        try:
+            return cls(**top, **{name: _section(SECTIONS[name], v, name) for name, v in nested.items()})
+        except FieldTypeError as e:
+            raise HwpruneError(f"{where}: {e}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PruneConfig:
@@ -139,22 +146,29 @@ class PruneConfig:
 
 
 def _section(cls, values: dict, name: str):
+    if isinstance(values, cls):
+        return values
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in values if str(k).replace("-", "_") not in known]
     if unknown:
-        raise HwpruneError(f"unknown {name} option '{unknown[0]}'; use {', '.join(sorted(known))}")
+        raise FieldTypeError(f"unknown {name} option '{unknown[0]}'; use {', '.join(sorted(known))}")
     return cls(**{str(k).replace("-", "_"): v for k, v in values.items()})
 
 
 def read_yaml(path: str | Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise HwpruneError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise HwpruneError(f"{path}: not a text file (a YAML recipe is UTF-8 text: criterion: taylor, ...)") from None
     except yaml.YAMLError as e:
-        raise HwpruneError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise HwpruneError(f"{path}: not valid YAML{at} ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise HwpruneError(f"{path}: expected a mapping of options (criterion: taylor, ...)")
+        got = "empty" if data is None else f"a {type(data).__name__}"
+        raise HwpruneError(f"{path}: the recipe is {got}; expected a mapping of options (criterion: taylor, ...)")
     return data
 
 
