@@ -63,8 +63,11 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
     sees a half-written output.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    except OSError as e:
+        raise HwpruneError(f"cannot write {directory} ({e.strerror}); choose a writable directory") from None
     try:
         yield tmp
         if directory.exists():

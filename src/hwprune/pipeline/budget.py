@@ -118,9 +118,9 @@ def _loss_refined(run: Run, plain, problem: Problem, analysis, scores, bn_batche
 def _check_feasible(problem, constraints, build, measure, min_keep: float) -> None:
     """Is any plan feasible? The narrowest plan, and the narrowest with every width a multiple of ALIGN
     (misaligned widths run slower on GPUs and vector units), measured once each, settle it."""
+    # Always measured, not predicted: a remainder fitted far below the layer sum can predict the narrowest
+    # plan at 0 s, and an impossible budget (latency=1us) then ran all its iterations before failing.
     narrow = problem.min_widths()
-    if all(c.cost.predict(narrow) <= c.aim for c in constraints):
-        return
     aligned = {g: next((w for w in cands if w % ALIGN == 0), cands[0]) for g, cands in problem.candidates.items()}
     best: list[float] | None = None
     for widths in [narrow] + ([aligned] if aligned != narrow else []):
