@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from helpers import assert_one_line_error, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,3 +123,15 @@ def test_formatted_amounts_round_trip(case):
     (back,) = parse_budgets(f"{kind}={text}")
     assert not back.relative
     assert back.value == pytest.approx(value, rel=5e-4, abs=abs_tol), text
+
+
+@pytest.mark.parametrize(
+    ("budget", "needle"),
+    [("latency=0.5,", "empty term at the end"), ("latency=nan", "finite"), ("latency=0.5,latency=0.3", "contradict")],
+)
+def test_cli_reports_a_malformed_budget_on_one_line(capsys, tmp_path, tiny_file, budget, needle):
+    out = tmp_path / "out"
+    argv = ["prune", "--model", f"{tiny_file}:tiny_cnn", "--budget", budget, "--quiet", "--out", out]
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
