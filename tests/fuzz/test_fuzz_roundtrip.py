@@ -9,12 +9,14 @@ have the plan's widths. Derandomized so a CI failure reproduces.
 
 import tempfile
 
+import pytest
 import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hwprune
+from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import param_count
 from hwprune.groups.analysis import analyze
 from hwprune.plan.plan import GroupPlan, Plan
@@ -146,3 +148,46 @@ def test_plan_apply_save_load_round_trip(arch, seed, data):
     again = hwprune.apply_plan(dense, x, reloaded_plan)
     with torch.no_grad():
         torch.testing.assert_close(again(x), expected)
+
+
+class ConcatDepthwise(nn.Module):
+    """Two convs concatenated, then a depthwise conv: one group spans both convs' output channels."""
+
+    def __init__(self, wa: int, wb: int):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, wa, 3, padding=1), nn.Conv2d(3, wb, 1)
+        self.dw = nn.Conv2d(wa + wb, wa + wb, 3, padding=1, groups=wa + wb)
+        self.pw = nn.Conv2d(wa + wb, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.dw(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.head(self.pw(y).mean((2, 3)))
+
+
+@ROUND_TRIP
+@given(st.integers(1, 6), st.integers(2, 6), st.data())  # b of 1: the probe in analyze drops the group
+def test_concat_group_keeps_a_channel_of_every_branch_or_is_refused(wa, wb, data):
+    """A plan that empties one branch of the concat is refused by name (it used to build a conv with no
+    output channels, which failed in the forward pass); any other plan round-trips."""
+    torch.manual_seed(0)
+    dense, x = ConcatDepthwise(wa, wb).eval(), torch.randn(2, 3, 6, 6)
+    group = analyze(dense, x).group("dw")
+    assert group.size == wa + wb and {m for m, side in group.members if side == "out"} >= {"a", "b", "dw"}
+    keep = sorted(data.draw(st.sets(st.integers(0, wa + wb - 1), min_size=1, max_size=wa + wb)))
+    plan = Plan([GroupPlan("dw", wa + wb, len(keep), keep)])
+    emptied = [name for name, idx in (("a", range(wa)), ("b", range(wa, wa + wb))) if not set(idx) & set(keep)]
+    if emptied:
+        with pytest.raises(HwpruneError, match=f"keeps none of the .* output channels of layer '{emptied[0]}'"):
+            hwprune.apply_plan(dense, x, plan)
+        return
+    pruned = hwprune.apply_plan(dense, x, plan)
+    assert (pruned.a.out_channels, pruned.b.out_channels) == (
+        len(set(range(wa)) & set(keep)),
+        len(keep) - pruned.a.out_channels,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        hwprune.save(pruned, f"{tmp}/model")
+        loaded = hwprune.load(f"{tmp}/model", model=ConcatDepthwise(wa, wb))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x))
