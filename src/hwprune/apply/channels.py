@@ -46,8 +46,26 @@ def apply_plan(model: nn.Module, example_inputs, plan: Plan, inplace: bool = Fal
         keep = set(gp.keep)
         drop = [i for i in range(gp.size) if i not in keep]
         group = graph.get_pruning_group(root, pruner.prune_out_channels, drop)
+        _check_no_layer_emptied(graph, group, gp.id, {m: n for n, m in modules.items()})
         group.prune()
     return model
+
+
+def _check_no_layer_emptied(graph: tp.DependencyGraph, group, gid: str, names: dict) -> None:
+    """A group can span the outputs of several layers (a concat feeding a depthwise conv ties all their
+    channels): a plan that drops every channel of one of them leaves it with no output, and the forward pass
+    fails later with a shape error that names no plan."""
+    for dep, idxs in group:
+        mod = dep.target.module
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and graph.is_out_channel_pruning_fn(
+            dep.handler
+        ):
+            n = graph.get_pruner_of_module(mod).get_out_channels(mod)
+            if len(set(idxs)) >= n:
+                raise HwpruneError(
+                    f"plan for group '{gid}' keeps none of the {n} output channels of layer '{names.get(mod, mod)}'; "
+                    "keep at least one channel of every layer in the group"
+                )
 
 
 def recalibrate_bn(model: nn.Module, batches: list, forward=None) -> nn.Module:

@@ -6,13 +6,16 @@ One or more comma-separated `KIND=VALUE` terms, each KIND at most once, all enfo
 - `memory=8MB`: weights + peak activations, bytes (`B`, `KB`, `MB`, `GB` are powers of 1000, `KiB`, `MiB`,
   `GiB` powers of 1024), or a fraction of the dense model's;
 - `energy=2mJ`: energy per inference from the target's energy model (`J`, `mJ`, `uJ`), or a fraction;
-- `params=1.5M`, `macs=300M`: counts (`K`, `M`, `G` suffixes), or a fraction.
+- `params=1.5M`, `macs=300M`: counts (`K`, `M`, `G` suffixes; a bare whole number above 1 is a count too),
+  or a fraction.
 
-A bare number (`0.5`) is a latency fraction of dense.
+A fraction is in (0, 1]: 1 keeps the dense figure. A bare number (`0.5`) is a latency fraction of dense.
+Every malformed term is a one-line `HwpruneError` that names the term and what to write instead.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -29,8 +32,12 @@ UNITS: dict[str, tuple[dict[str, float], str]] = {
     "params": ({"k": 1e3, "m": 1e6, "g": 1e9}, ""),
     "macs": ({"k": 1e3, "m": 1e6, "g": 1e9}, ""),
 }
+#: The suffix `Budget.to_text` writes an absolute amount in: the base unit (multiplier 1), so the text
+#: holds the exact float.
+_CANONICAL_UNIT = {"latency": "s", "memory": "B", "energy": "J"}
 EXAMPLES = "latency=0.5, latency=12ms, memory=8MB, energy=2mJ, params=1.5M, macs=300M"
-_NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([a-z]*)\s*", re.I)
+_NUMBER = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", re.I)
+_NONFINITE = re.compile(r"\s*[+-]?(?:nan|inf|infinity)\s*[a-z]*\s*", re.I)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,14 @@ class Budget:
             return f"{self.value:g} x dense {self.kind}"
         return format_amount(self.kind, self.value)
 
+    def to_text(self) -> str:
+        """A term that parses back to this budget's kind, relative flag and value exactly."""
+        if self.relative:
+            return f"{self.kind}={self.value!r}"
+        if self.kind in ("params", "macs"):  # a whole count; a bare 1 would read as the fraction 1
+            return f"{self.kind}={int(self.value)}" if self.value > 1 else f"{self.kind}=0.001K"
+        return f"{self.kind}={self.value!r}{_CANONICAL_UNIT[self.kind]}"
+
 
 def format_amount(kind: str, value: float) -> str:
     """A figure of `kind` in a readable unit: 5.78 ms, 8.39 MB, 1.21 mJ, 2.35 M params."""
@@ -61,26 +76,63 @@ def format_amount(kind: str, value: float) -> str:
     return f"{value / 1e6:.4g} M {kind}"
 
 
+def _fail(raw: str, why: str) -> HwpruneError:
+    return HwpruneError(f"--budget {raw!r}: {why}")
+
+
+def _split_kind(raw: str) -> tuple[str, str]:
+    if "=" not in raw:
+        return "latency", raw
+    kind, _, val = raw.partition("=")
+    kind = kind.strip().lower()
+    if not kind:
+        raise _fail(raw, f"missing the kind before '='; use one of {', '.join(UNITS)} (e.g. {EXAMPLES})")
+    if kind not in UNITS:
+        raise _fail(raw, f"unknown kind '{kind}'; use one of {', '.join(UNITS)} (e.g. {EXAMPLES})")
+    if not val.strip():
+        raise _fail(raw, f"no value after '='; give a fraction like 0.5 or an amount like {_example(kind)}")
+    return kind, val
+
+
+def _absolute(raw: str, kind: str, number: float, unit: str) -> Budget:
+    units = UNITS[kind][0]
+    if unit and unit not in units:
+        raise _fail(raw, f"unknown unit '{unit}' for {kind}; use {', '.join(units)}")
+    if number <= 0:
+        raise _fail(raw, f"a {kind} budget must be positive, got {number:g}")
+    value = number * units.get(unit, 1.0)
+    if not math.isfinite(value):
+        raise _fail(raw, f"{number:g}{unit} is too large; give a finite amount like {_example(kind)}")
+    if kind in ("params", "macs"):
+        if not unit and value != int(value):
+            hint = f"did you mean {number:g}M?"
+            raise _fail(raw, f"a count of {kind} is a whole number (or a fraction in (0, 1]); {hint}")
+        value = float(round(value))  # a count: 1.5K is 1500, however the float product rounds
+        if value < 1:
+            raise _fail(raw, f"{number:g}{unit} is less than one {kind[:-1]}; give a larger count or a fraction")
+    return Budget(kind, False, value, raw)
+
+
 def _parse_one(term: str) -> Budget:
     raw = term.strip()
-    kind, _, val = raw.partition("=") if "=" in raw else ("latency", "", raw)
-    kind = kind.strip().lower()
-    if kind not in UNITS:
-        raise HwpruneError(f"--budget {raw!r}: unknown kind '{kind}'; use one of {', '.join(UNITS)} (e.g. {EXAMPLES})")
-    units, base = UNITS[kind]
+    kind, val = _split_kind(raw)
+    if _NONFINITE.fullmatch(val):
+        raise _fail(raw, f"the {kind} budget must be a finite number like 0.5 or {_example(kind)}")
     m = _NUMBER.fullmatch(val)
     if not m:
-        raise HwpruneError(f"--budget {raw!r}: expected a fraction like 0.5 or an amount like {_example(kind)}")
+        raise _fail(raw, f"expected a fraction like 0.5 or an amount like {_example(kind)}")
     number, unit = float(m.group(1)), m.group(2).lower()
-    if unit or (kind in ("params", "macs") and number >= 1):
-        if unit and unit not in units:
-            raise HwpruneError(f"--budget {raw!r}: unknown unit '{m.group(2)}' for {kind}; use {', '.join(units)}")
-        if number <= 0:
-            raise HwpruneError(f"--budget {raw!r}: a {kind} budget must be positive")
-        return Budget(kind, False, number * units.get(unit, 1.0), raw)
-    if not 0 < number < 1:
-        raise HwpruneError(
-            f"--budget {raw!r}: a fraction of the dense {kind} must be between 0 and 1 (or give {_example(kind)})"
+    if not math.isfinite(number):
+        raise _fail(raw, f"{m.group(1)} is too large; give a finite amount like {_example(kind)}")
+    if number < 0:
+        raise _fail(raw, f"a {kind} budget must be positive, got {number:g}")
+    if unit or (kind in ("params", "macs") and number > 1):
+        return _absolute(raw, kind, number, unit)
+    if number == 0:
+        raise _fail(raw, f"a fraction of the dense {kind} must be above 0 (and at most 1)")
+    if number > 1:
+        raise _fail(
+            raw, f"a fraction of the dense {kind} must be between 0 and 1 (0 < x <= 1), or give {_example(kind)}"
         )
     return Budget(kind, True, number, raw)
 
@@ -91,12 +143,23 @@ def _example(kind: str) -> str:
 
 def parse_budgets(text: str) -> list[Budget]:
     """All the budgets in `text` (comma-separated), each kind at most once."""
-    terms = [t for t in text.split(",") if t.strip()]
-    if not terms:
+    if not isinstance(text, str):
+        raise HwpruneError(f"--budget must be text like {EXAMPLES!r}, got {type(text).__name__}")
+    if not text.strip():
         raise HwpruneError(f"--budget is empty; give one or more of: {EXAMPLES}")
+    terms = text.split(",")
+    for i, t in enumerate(terms):
+        if not t.strip():
+            where = "at the end" if i == len(terms) - 1 else ("at the start" if i == 0 else "between two commas")
+            raise HwpruneError(f"--budget {text!r}: empty term {where}; remove the extra comma")
     budgets = [_parse_one(t) for t in terms]
-    kinds = [b.kind for b in budgets]
-    for k in set(kinds):
-        if kinds.count(k) > 1:
-            raise HwpruneError(f"--budget {text!r}: '{k}' is given more than once")
+    seen: dict[str, Budget] = {}
+    for b in budgets:
+        if b.kind in seen:
+            first = seen[b.kind]
+            clash = "repeat each other" if (first.relative, first.value) == (b.relative, b.value) else "contradict"
+            raise HwpruneError(
+                f"--budget {text!r}: '{b.kind}' is given more than once ({first.text} and {b.text} {clash}); keep one"
+            )
+        seen[b.kind] = b
     return budgets

@@ -187,6 +187,26 @@ def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: i
     return info
 
 
+def _dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    except Exception as e:  # torch-pruning's tracer fails inside on some graphs (ZeroDivisionError on shufflenet_v2)
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise HwpruneError(
+            f"cannot trace the model's channel dependencies (torch-pruning {tp.__version__} raised "
+            f"{type(e).__name__}{': ' + msg if msg else ''}); this architecture cannot be channel-pruned"
+        ) from e
+
+
+def _spans_several_layers(graph: tp.DependencyGraph, g, size: int) -> bool:
+    """Does the group hold only part of some conv/linear's outputs (two convs concatenated into a depthwise
+    conv)? Plans keep each group's best-scored channels, which may be none of one such layer's, leaving it
+    with no output (apply_plan refuses that); such groups are left alone."""
+    layers = [d.target.module for d, _ in g if graph.is_out_channel_pruning_fn(d.handler)]
+    layers = [m for m in layers if isinstance(m, PRUNABLE_TYPES)]
+    return any(graph.get_pruner_of_module(m).get_out_channels(m) < size for m in layers)
+
+
 def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     names = {m: n for n, m in model.named_modules()}
     order: list[nn.Module] = []
@@ -210,7 +230,7 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels != m.out_channels:
             ignored_mods.append(m)  # depthwise with a channel multiplier: not a plain width
 
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    graph = _dependency_graph(model, example_inputs)
     layers = {m: _layer_info(m, names[m], shapes[m], out_numel[m]) for m in order}
 
     groups: list[PruneGroup] = []
@@ -219,7 +239,7 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
         root = g[0].dep.target.module
         gid = names[root]
         size = len(g[0].idxs)
-        if size < 2:
+        if size < 2 or _spans_several_layers(graph, g, size):
             continue
         members = []
         for dep, _idxs in g:
