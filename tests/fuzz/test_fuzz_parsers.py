@@ -109,11 +109,6 @@ def _check_plan(plan):
             assert all(isinstance(i, int) and 0 <= i < g.size for i in g.keep) and g.keep == sorted(set(g.keep))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan/plan.py: Plan.from_dict lets AttributeError/KeyError/TypeError/ValueError through on a non-dict, "
-    "a missing or non-list 'groups', a bad group entry, and accepts keep indices outside 0..size-1",
-)
 @FUZZ
 @given(plan_garbage)
 @example(None)
@@ -121,11 +116,6 @@ def test_plan_from_dict_garbage_is_hwprune_error(d):
     _check_plan(_hwprune_error_or(Plan.from_dict, d))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan/plan.py: Plan.load lets AttributeError (JSON not an object) and ValueError (GroupPlan's "
-    "width check) through: it catches only OSError/JSONDecodeError/TypeError/KeyError",
-)
 @FUZZ
 @given(plan_garbage)
 @example([])
@@ -146,11 +136,6 @@ config_garbage = st.one_of(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/config.py + checks.py: from_dict(None) raises AttributeError and an option of the wrong type "
-    "(max_iters: null, lr: 'x') a TypeError from the range checks; types are not checked",
-)
 @FUZZ
 @given(config_garbage)
 @example(None)
@@ -159,10 +144,6 @@ def test_config_from_dict_garbage_is_hwprune_error(d):
     _hwprune_error_or(PruneConfig.from_dict, d)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/config.py: from_yaml of a recipe with a wrong-typed value (max_iters: null) raises TypeError",
-)
 @FUZZ
 @given(st.one_of(st.text(max_size=20), config_garbage.map(lambda d: yaml.safe_dump(d, allow_unicode=True))))
 @example("max_iters: null\n")
@@ -232,11 +213,6 @@ def test_resolve_garbage_spec_is_hwprune_error(spec, input_shape):
     assert _hwprune_error_or(resolve, spec, 1, input_shape, False) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="zoo/specs.py: resolve's errors quote the spec with '{spec}', not {spec!r}, so a newline in it "
-    "splits the one-line error",
-)
 def test_resolve_error_quotes_the_spec_on_one_line():
     with pytest.raises(HwpruneError) as e:
         resolve("no\nmodel", 1, None, False)
@@ -257,12 +233,6 @@ def saved(tmp_path_factory):
     return d, json.loads((d / "spec.json").read_text())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export/model.py: read_spec of a spec.json that is JSON but not an object raises AttributeError "
-    "(spec.get); load of a spec without 'modules', with non-dict module entries or a non-dict 'replaced' raises "
-    "KeyError/AttributeError",
-)
 @FUZZ
 @given(st.data())
 def test_saved_spec_garbage_is_hwprune_error(saved, data):
@@ -281,11 +251,6 @@ def test_saved_spec_garbage_is_hwprune_error(saved, data):
 SIM_BASE = yaml.safe_load(catalog_paths()["rpi5"].read_text())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hardware/sim/spec.py: parse_spec does dict(data['calibration']), so a calibration that is not a "
-    "mapping (5, 'ab', [1]) raises TypeError/ValueError instead of naming the field",
-)
 @settings(FUZZ, max_examples=200)
 @example({**SIM_BASE, "calibration": 5})
 @given(st.one_of(jsonish, mutated(SIM_BASE, ["calibration", "sparsity", "memory_model", "kind", "description"])))

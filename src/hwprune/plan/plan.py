@@ -56,8 +56,11 @@ class Plan:
         groups = d.get("groups")
         if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
             raise HwpruneError("plan 'groups' must be a list of objects (id, size, width, keep)")
-        d["groups"] = [GroupPlan(**g) for g in groups]
-        return cls(**d)
+        try:
+            d["groups"] = [GroupPlan(**g) for g in groups]
+            return cls(**d)
+        except TypeError as e:  # a missing or unknown key, of a group or of the plan
+            raise HwpruneError(f"plan has the wrong keys: {e}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))

@@ -57,7 +57,7 @@ EXAMPLES: dict[str, Example] = {
 
 def get_example(name: str) -> Example:
     if name not in EXAMPLES:
-        raise HwpruneError(f"unknown example '{name}'; choose one of: {', '.join(sorted(EXAMPLES))}")
+        raise HwpruneError(f"unknown example {name!r}; choose one of: {', '.join(sorted(EXAMPLES))}")
     return EXAMPLES[name]
 
 

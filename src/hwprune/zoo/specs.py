@@ -40,7 +40,7 @@ def _torchvision(name: str) -> nn.Module:
     if name not in names:
         close = [n for n in names if name.lower()[:4] in n][:6]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise HwpruneError(f"unknown torchvision model '{name}'{hint}")
+        raise HwpruneError(f"unknown torchvision model {name!r}{hint}")
     return torchvision.models.get_model(name, weights=None)
 
 
@@ -162,7 +162,7 @@ def _build(spec: str, shape, trust_code: bool, progress: bool):
         return model, {"kind": "file", "path": str(Path(path).resolve()), "function": fn}, shape, example
     if spec.endswith(".py"):
         raise HwpruneError(f"model spec '{spec}' names no function: use {spec}:FUNCTION (it returns the model)")
-    raise HwpruneError(f"cannot understand model spec '{spec}'; use {SPEC_HELP}")
+    raise HwpruneError(f"cannot understand model spec {spec!r}; use {SPEC_HELP}")
 
 
 def resolve(
