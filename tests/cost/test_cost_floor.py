@@ -26,8 +26,8 @@ def test_a_negative_remainder_fit_never_predicts_below_zero_or_a_narrower_measur
     cost.add_measurement(dense, 1e-4)  # far under the layer sum: the remainder fit goes strongly negative
     assert cost.r0 < 0 or cost.r1 < 0
     raw = cost.scale * cost.layer_sum(narrow) + cost.r0 + cost.r1 * cost.phi(narrow) + cost.r2 * cost.psi(narrow)
-    assert raw < 0 <= cost.predict(narrow)
+    assert raw < 0 == cost.predict(narrow) <= cost.physical(narrow)
     cost.add_measurement(narrow, 5e-5)
     half = {g: 16 for g in ids}
-    assert cost.floor(half) == 5e-5 and cost.predict(half) >= 5e-5  # half is nowhere narrower than narrow
+    assert cost.floor(half) == 5e-5 and cost.physical(half) >= 5e-5  # half is nowhere narrower than narrow
     assert cost.floor({g: 1 for g in ids}) == 0.0  # narrower than every measured plan: no floor

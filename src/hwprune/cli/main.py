@@ -19,6 +19,7 @@ from hwprune.hardware.sim import calibrate, load_spec, save_spec
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.table_io import describe_fingerprint, export_profile, import_profile, profile_info
 from hwprune.hardware.targets import get_target, list_targets
+from hwprune.hardware.timing import latency_estimate
 from hwprune.importance.criteria import list_criteria
 from hwprune.pipeline.granularity import GRANULARITIES, SCHEDULES
 from hwprune.plan.select import list_selections
@@ -53,8 +54,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     t = target.time_models([resolved.model], resolved.example_inputs)[0]
     fp = target.fingerprint()
     print(f"{a.model}  batch {a.batch_size or 1}  input {tuple(resolved.example_inputs.shape)}")
-    print(f"latency {t.median * 1e3:.3f} ms median, IQR {t.q1 * 1e3:.3f}..{t.q3 * 1e3:.3f} ms, n={t.n}")
-    print(f"{fp['cpu']}, {fp['threads']} threads, torch {fp['torch']}, {fp['dtype']}")
+    e = latency_estimate(t)
+    print(
+        f"latency {t.median * 1e3:.3f} ms median, 95% CI {e.low * 1e3:.3f}..{e.high * 1e3:.3f} ms "
+        f"(±{e.half_width:.1%}, {t.n} calls, stopped on {t.stopped}), IQR {t.q1 * 1e3:.3f}..{t.q3 * 1e3:.3f} ms"
+    )
+    timing = fp.get("timing", "standard")
+    print(f"{fp['cpu']}, {fp['threads']} threads, torch {fp['torch']}, {fp['dtype']}, {timing} timing")
     return 0
 
 

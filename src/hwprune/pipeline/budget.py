@@ -199,7 +199,7 @@ def budget_method(run: Run) -> Outcome:
             allocator=lp.allocator,
             criterion=run.criterion,
             budget=cfg.budget,
-            predicted_latency_s=cost.predict(widths) if cost else None,
+            predicted_latency_s=cost.physical(widths) if cost else None,
         )
         return plan, recalibrate_bn(apply_plan(run.dense, run.example, plan), bn_batches)
 
@@ -217,7 +217,7 @@ def budget_method(run: Run) -> Outcome:
     best = loop.run()
     plan, pruned = best.model
     run.stages["allocation_loop_s"] = time.perf_counter() - t0
-    predicted = cost.predict(best.widths) if cost else None
+    predicted = cost.physical(best.widths) if cost else None
     sections = {
         "settings": {
             "value": value_mode if lp.allocator == "hw" else None,
