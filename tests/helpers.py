@@ -38,3 +38,22 @@ def assert_one_line_error(code, err, needle):
     lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("hwprune: error:") and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def toy_spec(**over) -> dict:
+    """A hand-checkable spec: 1e12 MAC/s peak, 1e11 B/s, both at 50% efficiency, 1 us per op, 8x8 tiles."""
+    d = {
+        "name": "toy",
+        "description": "test spec",
+        "default_dtype": "fp32",
+        "memory_bandwidth": 1.0e11,
+        "memory_capacity": 1.0e9,
+        "onchip_buffer": 1048576,
+        "op_overhead": 1.0e-6,
+        "efficiency": {"compute": 0.5, "bandwidth": 0.5},
+        "energy_per_dram_byte": 1.0e-10,
+        "dtypes": {"fp32": {"peak_ops": 2.0e12, "tile_in": 8, "tile_out": 8, "energy_per_mac": 1.0e-12}},
+        "sparsity": {"2:4": 0.5},
+    }
+    d.update(over)
+    return d

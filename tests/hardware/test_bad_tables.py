@@ -11,6 +11,7 @@ import sqlite3
 import pytest
 import yaml
 from helpers import assert_one_line_error, run_cli
+from helpers import toy_spec
 
 from hwprune.core.errors import HwpruneError
 from hwprune.hardware.sim import load_spec
@@ -145,19 +146,7 @@ def test_unwritable_default_cache_dir(tmp_path, capsys, monkeypatch, tiny_file):
 
 
 def _spec(**over) -> dict:
-    d = {
-        "name": "board",
-        "default_dtype": "fp32",
-        "memory_bandwidth": 1.0e11,
-        "memory_capacity": 1.0e9,
-        "onchip_buffer": 1048576,
-        "op_overhead": 1.0e-6,
-        "efficiency": {"compute": 0.5, "bandwidth": 0.5},
-        "energy_per_dram_byte": 1.0e-10,
-        "dtypes": {"fp32": {"peak_ops": 2.0e12, "tile_in": 8, "tile_out": 8, "energy_per_mac": 1.0e-12}},
-    }
-    d.update(over)
-    return d
+    return toy_spec(**{"name": "board", **over})
 
 
 def _fp32(**over) -> dict:

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from helpers import toy_spec
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,25 +23,6 @@ from hwprune.hardware.sim import (
 from hwprune.hardware.targets import get_target, list_targets
 
 CATALOG = sorted(catalog_paths())
-
-
-def toy_spec(**over) -> dict:
-    """A hand-checkable spec: 1e12 MAC/s peak, 1e11 B/s, both at 50% efficiency, 1 us per op, 8x8 tiles."""
-    d = {
-        "name": "toy",
-        "description": "test spec",
-        "default_dtype": "fp32",
-        "memory_bandwidth": 1.0e11,
-        "memory_capacity": 1.0e9,
-        "onchip_buffer": 1048576,
-        "op_overhead": 1.0e-6,
-        "efficiency": {"compute": 0.5, "bandwidth": 0.5},
-        "energy_per_dram_byte": 1.0e-10,
-        "dtypes": {"fp32": {"peak_ops": 2.0e12, "tile_in": 8, "tile_out": 8, "energy_per_mac": 1.0e-12}},
-        "sparsity": {"2:4": 0.5},
-    }
-    d.update(over)
-    return d
 
 
 def toy_target(**over) -> SimulatedTarget:
