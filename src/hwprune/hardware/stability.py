@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: The dense model's slowest median over its fastest in one run above this: the run's figures are not to be
-#: trusted as they stand. On this 2-core VM quiet runs of the demo drift 3-10% (dense 7.49 ms at planning,
-#: 8.22 ms at the final measurement, 2026-12-02); a run with a co-tenant went from 17 ms to 31 ms
-#: (benchmarks/results/noise.md).
-DRIFT_LIMIT = 0.20
+#: trusted as they stand. On this 2-core VM a quiet demo run's interleaved dense medians moved 6.41-7.64 ms
+#: (19%) in 84 s (2026-12-02); a run with a co-tenant went from 17 ms to 31 ms (80%, benchmarks/results/
+#: noise.md). The ratios the report states cancel most of a drift both models share.
+DRIFT_LIMIT = 0.30
 #: Share of CPU time stolen by the hypervisor above this: another tenant is competing for our cores.
 STEAL_LIMIT = 0.05
 #: Highest over lowest CPU clock seen above this: the frequency changed under the measurement.
@@ -89,8 +89,8 @@ class MachineMonitor:
                 out.warnings.append(
                     f"the CPU clock moved between {out.freq_mhz_low:.0f} and {out.freq_mhz_high:.0f} MHz"
                 )
+        out.dense_medians_ms = [m * 1e3 for m in dense_medians]
         if len(dense_medians) >= 2:
-            out.dense_medians_ms = [m * 1e3 for m in dense_medians]
             out.dense_drift = max(dense_medians) / min(dense_medians) - 1
             if out.dense_drift > DRIFT_LIMIT:
                 out.stable = False

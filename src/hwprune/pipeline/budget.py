@@ -177,7 +177,6 @@ def budget_method(run: Run) -> Outcome:
     cost, table = _latency_table(run, analysis) if latency_budget is not None else (None, None)
     t0 = time.perf_counter()
     t_dense = run.target.time_models([run.dense], run.example)[0].median
-    run.dense_medians.append(t_dense)
     constraints = _constraints(run, analysis, cost, scores, t_dense)
     plain = get_allocator(lp.allocator)
     problem = Problem(
