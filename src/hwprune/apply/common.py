@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import call
+from hwprune.core.modules import logits
 
 
 def check_ratio(ratio: float) -> None:
@@ -46,9 +46,7 @@ def calibration_batches(model: nn.Module, example_inputs, n: int = 2, seed: int 
             else example_inputs
         )
         with torch.no_grad():
-            y = call(model, x)
-        if not isinstance(y, torch.Tensor):
-            raise HwpruneError("the model's output is not a tensor; pass calibration batches and a loss_fn")
+            y = logits(model, x)
         out.append((x, y.argmax(-1)))
     model.train(was)
     return out
@@ -58,4 +56,4 @@ def mean_loss(model: nn.Module, batches: list, loss_fn: Callable | None) -> floa
     """Mean of `loss_fn` (default cross-entropy) over (inputs, labels) batches, without gradients."""
     loss_fn = loss_fn or F.cross_entropy
     with torch.no_grad():
-        return sum(float(loss_fn(call(model, x), y)) for x, y in batches) / len(batches)
+        return sum(float(loss_fn(logits(model, x), y)) for x, y in batches) / len(batches)

@@ -33,6 +33,31 @@ def call(model: nn.Module, example_inputs):
     return model(example_inputs)
 
 
+#: Keys under which a model's dict-like output holds the tensor a loss or metric reads: Hugging Face
+#: `ModelOutput.logits`, torchvision segmentation's {"out": ...}, sentence encoders' embeddings.
+PRIMARY_KEYS = ("logits", "out", "last_hidden_state", "pooler_output")
+
+
+def primary_output(out):
+    """The tensor a loss or a metric reads from whatever the model returned: the tensor itself, the first of
+    a tuple or list, or `logits` / `out` / ... of a dict or a transformers `ModelOutput`."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        for key in PRIMARY_KEYS:
+            if key in out and isinstance(out[key], torch.Tensor):
+                return out[key]
+        out = list(out.values())
+    if isinstance(out, (tuple, list)) and out:
+        return primary_output(out[0])
+    raise TypeError(f"cannot find a tensor in the model's output ({type(out).__name__})")
+
+
+def logits(model: nn.Module, inputs) -> torch.Tensor:
+    """`call(model, inputs)` reduced to the tensor losses and metrics read (`primary_output`)."""
+    return primary_output(call(model, inputs))
+
+
 def run_hooked(model: nn.Module, example_inputs, modules, hook) -> object:
     """One no-grad, eval-mode forward pass with `hook` as a forward hook on each of `modules`; the hooks are
     removed and the model's train/eval mode restored afterwards. Returns the model's output."""

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from hwprune.core.modules import call
+from hwprune.core.modules import logits
 
 #: metric(outputs, targets) -> the batch's mean (weighted by batch size over the whole validation set).
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -28,7 +28,7 @@ def evaluate(model: nn.Module, batches: Iterable, metric: Metric | None = None) 
         for x, y in batches:
             if y is None:
                 return None
-            total += metric(call(model, x), y) * len(y)
+            total += metric(logits(model, x), y) * len(y)
             n += len(y)
     return total / max(n, 1)
 

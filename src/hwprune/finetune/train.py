@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hwprune.core.data import Dataset
-from hwprune.core.modules import call
+from hwprune.core.modules import logits
 
 #: Hinton et al. 2015's soft-target temperature and the weight of the hard-label term (their MNIST setting).
 KD_TEMPERATURE, KD_ALPHA = 4.0, 0.5
@@ -65,9 +65,9 @@ def train_steps(
             if before_step is not None:
                 before_step(step, opt)
                 model.train()
-            out = call(model, x)
+            out = logits(model, x)
             with torch.no_grad():
-                t = call(teacher, x) if teacher is not None else None
+                t = logits(teacher, x) if teacher is not None else None
             loss = kd_loss(out, y, t, loss_fn=loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import call, eval_mode
+from hwprune.core.modules import call, eval_mode, logits
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.importance.criteria import CRITERIA, Batches, Criterion
 
@@ -58,7 +58,7 @@ def _gradient_stats(
     device = model_device(model)
     with eval_mode(model), torch.enable_grad():
         for x, y in batches:
-            loss = loss_fn(call(model, to_device(x, device)), to_device(y, device))
+            loss = loss_fn(logits(model, to_device(x, device)), to_device(y, device))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads, strict=True):
                 if g is None:

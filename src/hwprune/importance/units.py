@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import call, eval_mode
+from hwprune.core.modules import eval_mode
+from hwprune.core.modules import logits as logits_of
 from hwprune.importance.criteria import BLOCK, CHANNEL, register_criterion
 from hwprune.importance.stats import channel_dim, model_device, out_members, output_stats, to_device
 
@@ -109,7 +110,7 @@ def _loss_change(model, analysis, batches, loss_fn, p):
 
     with eval_mode(model), torch.no_grad():
         dev_batches = [(to_device(x, device), to_device(y, device)) for x, y in batches]
-        base = [float(loss_fn(call(model, x), y)) for x, y in dev_batches]
+        base = [float(loss_fn(logits_of(model, x), y)) for x, y in dev_batches]
         for g in analysis.groups:
             rise = np.zeros(g.size)
             handles = [m.register_forward_hook(make_hook(lo, ro)) for m, lo, ro in out_members(analysis, g.id)]
@@ -120,7 +121,7 @@ def _loss_change(model, analysis, batches, loss_fn, p):
                     for start in range(0, g.size, per):
                         chunk = list(range(start, min(g.size, start + per)))
                         state["chunk"] = chunk
-                        logits = call(model, _repeat(x, len(chunk)))
+                        logits = logits_of(model, _repeat(x, len(chunk)))
                         state["chunk"] = None
                         logits = logits.reshape(len(chunk), -1, *logits.shape[1:])
                         for i, c in enumerate(chunk):

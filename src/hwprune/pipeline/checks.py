@@ -183,7 +183,7 @@ def check_weights(model) -> None:
 
 def check_outputs(out, what: str) -> None:
     """The model's outputs on `what` are finite (tensors, or the tensors of a tuple, list or dict)."""
-    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
+    values = out.values() if hasattr(out, "keys") else out if isinstance(out, (tuple, list)) else [out]
     for t in values:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = "NaN" if bool(torch.isnan(t).any()) else "inf"

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from hwprune.core.budget import Budget
 from hwprune.core.data import Dataset, LoaderData
-from hwprune.core.modules import call
+from hwprune.core.modules import logits
 from hwprune.core.registry import Registry
 from hwprune.evaluate.metrics import Metric, evaluate
 from hwprune.hardware.base import Target
@@ -55,7 +55,7 @@ class Run:
             gen = torch.Generator().manual_seed(seed)
             batches = [(random_like(self.example, gen), None) for _ in range(max(1, n // 4))]
         with torch.no_grad():
-            return [(x, call(self.dense, x).argmax(-1) if y is None else y) for x, y in batches]
+            return [(x, logits(self.dense, x).argmax(-1) if y is None else y) for x, y in batches]
 
 
 def random_like(inputs, gen: torch.Generator):

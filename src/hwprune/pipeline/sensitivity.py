@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hwprune.apply.channels import apply_plan, recalibrate_bn
-from hwprune.core.modules import call
+from hwprune.core.modules import logits
 from hwprune.cost.model import spread
 from hwprune.finetune.train import train_steps
 from hwprune.groups.analysis import GroupAnalysis
@@ -85,7 +85,7 @@ class LossProbe:
             pruned.eval()
             with torch.no_grad():
                 self._cache[key] = float(
-                    np.mean([float(self.loss_fn(call(pruned, x), y)) for x, y in self.eval_batches])
+                    np.mean([float(self.loss_fn(logits(pruned, x), y)) for x, y in self.eval_batches])
                 )
         return self._cache[key]
 

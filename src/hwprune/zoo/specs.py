@@ -1,8 +1,10 @@
-"""Model specs (`--model SPEC`): torchvision:NAME, example:NAME, path/file.py:function, or a saved dir."""
+"""Model specs (`--model SPEC`): torchvision:NAME, timm:NAME, example:NAME, path/file.py:function, or a saved
+dir."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from hwprune.export.spec import runnable_source, source_file
 from hwprune.zoo.datasets import get_dataset
 from hwprune.zoo.examples import get_example, trained_example
 
-SPEC_HELP = "torchvision:NAME, example:NAME, path/to/file.py:function, or a directory saved by hwprune"
+SPEC_HELP = "torchvision:NAME, timm:NAME, example:NAME, path/to/file.py:function, or a directory saved by hwprune"
 
 
 @dataclass
@@ -41,7 +43,26 @@ def _torchvision(name: str) -> nn.Module:
         close = [n for n in names if name.lower()[:4] in n][:6]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise HwpruneError(f"unknown torchvision model {name!r}{hint}")
-    return torchvision.models.get_model(name, weights=None)
+    kwargs = {"weights": None}
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # Segmentation and detection builders otherwise download ImageNet backbone weights (no network here).
+        kwargs["weights_backbone"] = None
+    return builder(**kwargs)
+
+
+def _timm(name: str) -> nn.Module:
+    if not name:
+        raise HwpruneError("timm: needs a model name, e.g. timm:resnet50")
+    try:
+        import timm  # noqa: PLC0415  (optional dependency: pip install 'hwprune[timm]')
+    except ModuleNotFoundError:
+        raise HwpruneError("timm: models need the timm package: pip install timm") from None
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:5]}*")[:6]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise HwpruneError(f"unknown timm model {name!r}{hint}")
+    return timm.create_model(name, pretrained=False)
 
 
 def _import_file(path: str | Path):
@@ -106,6 +127,8 @@ def build_source(source: dict, directory=None, trust_code: bool = False) -> nn.M
     kind = source.get("kind")
     if kind == "torchvision":
         return _torchvision(str(source.get("name", "")))
+    if kind == "timm":
+        return _timm(str(source.get("name", "")))
     if kind == "example":
         return get_example(str(source.get("name", ""))).build()
     if kind == "file":
@@ -146,6 +169,11 @@ def _build(spec: str, shape, trust_code: bool, progress: bool):
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
         return _torchvision(name), {"kind": "torchvision", "name": name}, shape or (3, 224, 224), None
+    if spec.startswith("timm:"):
+        name = spec.split(":", 1)[1]
+        model = _timm(name)
+        default = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+        return model, {"kind": "timm", "name": name}, shape or default, None
     if spec.startswith("example:"):
         name = spec.split(":", 1)[1]
         ex = get_example(name)
