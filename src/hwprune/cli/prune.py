@@ -16,6 +16,7 @@ from hwprune.plan.select import SELECTIONS
 from hwprune.report.files import budget_lines, text_table
 from hwprune.report.schema import Report
 from hwprune.zoo.specs import SPEC_HELP
+from hwprune.zoo.userdata import DATA_HELP
 
 DEMO_BATCH = 64
 DEMO_FINETUNE_EPOCHS = 4
@@ -64,7 +65,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def prune_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--data", default=None, help="data set for calibration, fine-tuning and accuracy: mnist1d, digits")
+    p.add_argument("--data", default=None, help=f"data for calibration, fine-tuning and the metric: {DATA_HELP}")
+    p.add_argument(
+        "--loss", default=None, help="path/to/file.py:fn, fn(outputs, targets) -> loss (default: cross-entropy)"
+    )
+    p.add_argument(
+        "--metric", default=None, help="path/to/file.py:fn, fn(outputs, targets) -> batch mean (default top-1 accuracy)"
+    )
     p.add_argument(
         "--recipe",
         default=None,
@@ -97,7 +104,7 @@ def _settings(a: argparse.Namespace) -> tuple[dict, dict]:
     """(inputs, config options): the recipe's, overridden by every flag given on the command line."""
     recipe = read_recipe(a.recipe) if getattr(a, "recipe", None) else split_options({})
     inputs = dict(recipe.inputs)
-    for k in ("model", "data", "batch_size", "input_shape", "out"):
+    for k in ("model", "data", "batch_size", "input_shape", "out", "loss", "metric"):
         if getattr(a, k, None) is not None:
             inputs[k] = getattr(a, k)
     config = dict(recipe.config)
@@ -116,7 +123,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         raise HwpruneError("--model is required (or set model: in the --recipe)")
     if not inputs.get("out"):
         raise HwpruneError("--out is required (or set out: in the --recipe)")
-    for key in ("model", "data", "input_shape", "out"):
+    for key in ("model", "data", "input_shape", "out", "loss", "metric"):
         if inputs.get(key) is not None and not isinstance(inputs[key], str):
             got = inputs[key]
             raise HwpruneError(f"{where}: {key.replace('_', '-')} {got!r}: expected a string, got {type(got).__name__}")
@@ -129,6 +136,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
         inputs.get("input_shape"),
         cfg,
         progress=not getattr(a, "quiet", False),
+        loss=inputs.get("loss"),
+        metric=inputs.get("metric"),
     )
     out = result.save(inputs["out"], overwrite=True)
     _print_summary(result.report)

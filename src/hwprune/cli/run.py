@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from hwprune.cli.outputs import resolve_checked
 from hwprune.pipeline.api import PruneResult, prune
 from hwprune.pipeline.config import PruneConfig, flat_fields, read_yaml
-from hwprune.zoo.datasets import get_dataset
+from hwprune.zoo.userdata import resolve_callable, resolve_data
 
 #: Recipe keys that name the run's inputs rather than settings (resolved by `zoo.specs` / `zoo.datasets`).
-INPUT_KEYS = ("model", "data", "batch_size", "input_shape", "out")
+INPUT_KEYS = ("model", "data", "batch_size", "input_shape", "out", "loss", "metric")
 
 
 @dataclass
@@ -48,20 +50,26 @@ def prune_spec(
     input_shape: str | None = None,
     config: PruneConfig | dict | None = None,
     progress: bool = True,
+    loss: str | None = None,
+    metric: str | None = None,
 ) -> PruneResult:
-    """`hwprune prune`: the model spec and data set name resolved (`zoo`), then `hwprune.prune`.
+    """`hwprune prune`: the model spec, data, loss and metric specs resolved (`zoo`), then `hwprune.prune`.
 
     `config` may be a PruneConfig or a dict of nested sections and/or flat option names
     (`{"budget": "latency=0.5", "target": "cpu-ort", "finetune-epochs": 2}`).
     """
     cfg = config if isinstance(config, PruneConfig) else PruneConfig.from_dict(config or {})
-    dataset = get_dataset(data) if data else None
+    loss_fn, metric_fn = resolve_callable(loss, "--loss"), resolve_callable(metric, "--metric")
     resolved = resolve_checked(model, batch_size, input_shape, progress)
+    example = resolved.example_inputs
+    shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
     return prune(
         resolved.model,
-        resolved.example_inputs,
+        example,
         config=cfg,
-        data=dataset,
+        data=resolve_data(data, shape),
+        loss_fn=loss_fn,
+        metric=metric_fn,
         progress=progress,
         model_name=model,
         source=resolved.source,

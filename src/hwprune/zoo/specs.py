@@ -65,10 +65,10 @@ def _timm(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False)
 
 
-def _import_file(path: str | Path):
+def _import_file(path: str | Path, what: str = "model"):
     p = Path(path)
     if not p.is_file():
-        raise HwpruneError(f"model file {path} not found")
+        raise HwpruneError(f"{what} file {path} not found")
     mod_spec = importlib.util.spec_from_file_location(f"hwprune_user_{p.stem}", p)
     if mod_spec is None or mod_spec.loader is None:
         raise HwpruneError(f"cannot import {path}: not a Python file")
@@ -78,6 +78,18 @@ def _import_file(path: str | Path):
     except Exception as e:  # the user's file: SyntaxError, ImportError, anything its top level raises
         raise HwpruneError(f"cannot import {path}: {type(e).__name__}: {_first_line(e)}") from e
     return module
+
+
+def file_function(spec: str, what: str):
+    """The function `fn` of a `path/to/file.py:fn` spec given for `what` (--data, --loss, ...): imports and runs
+    the user's file, as `--model file.py:fn` does."""
+    path, _, fn = spec.rpartition(":")
+    if not path.endswith(".py") or not fn:
+        raise HwpruneError(f"{what} {spec!r} must look like path/to/file.py:function")
+    f = getattr(_import_file(path, what), fn, None)
+    if not callable(f):
+        raise HwpruneError(f"{path} has no function '{fn}' (for {what})")
+    return f
 
 
 def _from_file(path: str | Path, fn: str):
