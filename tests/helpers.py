@@ -16,7 +16,8 @@ def uniformly_pruned(model_fn, frac=0.5):
     a = analyze(model, x)
     scores = compute_scores(model, a, "l1")
     widths = {g.id: max(1, int(g.size * frac)) for g in a.groups}
-    plan = make_plan(widths, scores, {g.id: g.size for g in a.groups}, allocator="uniform", criterion="l1")
+    sizes = {g.id: g.size for g in a.groups}
+    plan = make_plan(widths, scores, sizes, a.multiples, allocator="uniform", criterion="l1")
     return model, x, plan, apply_plan(model, x, plan)
 
 

@@ -39,5 +39,5 @@ def test_param_and_mac_curves_are_exact(tiny_file):
 
         widths = {g.id: g.candidates[len(g.candidates) // 3] for g in analysis.groups}
         scores = compute_scores(model, analysis, "l1", [])
-        pruned = apply_plan(model, x, make_plan(widths, scores, cost.sizes))
+        pruned = apply_plan(model, x, make_plan(widths, scores, cost.sizes, cost.analysis.multiples))
         assert cost.layer_sum(widths) == pytest.approx(count(kind, pruned, x))

@@ -223,7 +223,7 @@ def validate(
         return report
 
     if pruned is None:
-        pruned = apply_plan(model, example_inputs, make_plan(check_w, order, dense_w))
+        pruned = apply_plan(model, example_inputs, make_plan(check_w, order, dense_w, analysis.multiples))
     pruned.eval()
     # The remainder is fitted on three calibration plans that are neither model being predicted, so both
     # predictions are out of sample (a remainder fitted on the model it predicts is exact by construction).
@@ -246,7 +246,7 @@ def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target,
     (`in_graph_times`), each plan's kernels also correct the layer curves. `scores` rank the channels kept."""
     profile = getattr(target, "in_graph_times", None)
     for w in calibration_plans(cost.analysis):
-        plan_model = apply_plan(model, example_inputs, make_plan(w, scores, cost.sizes)).eval()
+        plan_model = apply_plan(model, example_inputs, make_plan(w, scores, cost.sizes, cost.analysis.multiples)).eval()
         # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
         # models in one run thrashes the kernel library's primitive cache and slows the small ones.
         td, tc = target.time_models([model, plan_model], example_inputs)

@@ -40,6 +40,8 @@ class LayerInfo:
     dilation: tuple[int, ...] = ()
     depthwise: bool = False
     bias: bool = True
+    #: Convolution groups of a grouped (not depthwise) conv: its widths stay multiples of it.
+    groups: int = 1
     in_group: str | None = None
     out_group: str | None = None
 
@@ -50,6 +52,7 @@ class LayerInfo:
         return (
             f"{self.kind}|k={self.kernel_size}|s={self.stride}|p={self.padding}|d={self.dilation}"
             f"|dw={int(self.depthwise)}|bias={int(self.bias)}|x={tuple(shape)}"
+            + (f"|g={self.groups}" if self.groups > 1 else "")  # ungrouped keys as before: caches stay valid
         )
 
     def build(self, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
@@ -60,7 +63,7 @@ class LayerInfo:
             return nn.Linear(c_in, c_out, bias=self.bias), torch.randn(shape)
         shape[1] = c_in
         cls = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[self.kind]
-        groups = c_in if self.depthwise else 1
+        groups = c_in if self.depthwise else self.groups
         layer = cls(c_in, c_out, self.kernel_size, self.stride, self.padding, self.dilation, groups, self.bias)
         return layer, torch.randn(shape)
 
@@ -73,9 +76,12 @@ class PruneGroup:
     size: int
     candidates: list[int]
     members: list[tuple[str, str]] = field(default_factory=list)  # (module name, "out" | "in")
+    #: A grouped conv (groups=g) reads or writes these channels: widths are multiples of g, and the same
+    #: channels are kept in each of the g conv groups (torch-pruning slices grouped convs that way).
+    multiple: int = 1
 
 
-def candidate_widths(size: int, min_keep: float = 0.1, max_candidates: int = 64) -> list[int]:
+def candidate_widths(size: int, min_keep: float = 0.1, max_candidates: int = 64, multiple: int = 1) -> list[int]:
     """Widths a group may take: multiples of a step, from `min_keep` of the group up to all of it.
 
     Steps are 8 channels for groups of 64 or more: the latency staircases measured on this project's CPU
@@ -89,7 +95,8 @@ def candidate_widths(size: int, min_keep: float = 0.1, max_candidates: int = 64)
         step = 8
     while size / step > max_candidates:
         step *= 2
-    lo = max(1, math.ceil(size * min_keep))
+    step = step * multiple // math.gcd(step, multiple)
+    lo = max(multiple, math.ceil(size * min_keep / multiple) * multiple)
     widths = [w for w in range(step, size, step) if w >= lo]
     if not widths or widths[0] > lo:
         widths.insert(0, lo)
@@ -106,6 +113,11 @@ class GroupAnalysis:
     output_layer: str
     tp_groups: dict = field(repr=False, default_factory=dict)  # group id -> torch-pruning Group (full indices)
 
+    @property
+    def multiples(self) -> dict[str, int]:
+        """Group id -> the conv-group count its widths are multiples of (1: any width)."""
+        return {g.id: g.multiple for g in self.groups}
+
     def group(self, gid: str) -> PruneGroup:
         for g in self.groups:
             if g.id == gid:
@@ -113,8 +125,14 @@ class GroupAnalysis:
         raise KeyError(gid)
 
 
-def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str]) -> bool:
-    """Does the model still run after one channel is cut from each of `gids` (on a copy)?"""
+def trial_cut(size: int, multiple: int) -> list[int]:
+    """The channels a trial removes: the last one, or the last of each of `multiple` conv groups."""
+    per = size // multiple
+    return [(j + 1) * per - 1 for j in range(multiple)]
+
+
+def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str], multiples: dict[str, int]) -> bool:
+    """Does the model still run after one channel (one per conv group) is cut from each of `gids` (a copy)?"""
     trial = copy.deepcopy(model)
     try:
         graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example_inputs, verbose=False)
@@ -122,7 +140,8 @@ def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str]) -> bool:
         for gid in gids:
             root = modules[gid]
             pruner = graph.get_pruner_of_module(root)
-            graph.get_pruning_group(root, pruner.prune_out_channels, [pruner.get_out_channels(root) - 1]).prune()
+            cut = trial_cut(pruner.get_out_channels(root), multiples.get(gid, 1))
+            graph.get_pruning_group(root, pruner.prune_out_channels, cut).prune()
         with torch.no_grad():
             call(trial, example_inputs)
         return True
@@ -130,7 +149,7 @@ def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str]) -> bool:
         return False
 
 
-def unsafe_groups(model: nn.Module, example_inputs, gids: list[str]) -> set[str]:
+def unsafe_groups(model: nn.Module, example_inputs, gids: list[str], multiples: dict | None = None) -> set[str]:
     """Groups whose removal breaks the forward pass, found by cutting one channel on a copy.
 
     Some models read a width from a plain attribute instead of a layer (torchvision's ViT reshapes its
@@ -138,12 +157,15 @@ def unsafe_groups(model: nn.Module, example_inputs, gids: list[str]) -> set[str]
     parameters), so the dependency graph cannot see that the residual stream is tied to them. One trial
     of all groups at once settles the usual case; when it fails, bisection finds the culprits.
     """
-    if not gids or _prunes_cleanly(model, example_inputs, gids):
+    multiples = multiples or {}
+    if not gids or _prunes_cleanly(model, example_inputs, gids, multiples):
         return set()
     if len(gids) == 1:
         return set(gids)
     half = len(gids) // 2
-    return unsafe_groups(model, example_inputs, gids[:half]) | unsafe_groups(model, example_inputs, gids[half:])
+    return unsafe_groups(model, example_inputs, gids[:half], multiples) | unsafe_groups(
+        model, example_inputs, gids[half:], multiples
+    )
 
 
 def analyze(
@@ -182,6 +204,7 @@ def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: i
             dilation=as_tuple(m.dilation),
             depthwise=m.groups > 1 and m.groups == m.in_channels == m.out_channels,
             bias=m.bias is not None,
+            groups=m.groups if 1 < m.groups < m.in_channels else 1,
         )
     info.output_numel = output_numel
     return info
@@ -225,8 +248,6 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     output_layer = order[-1]
     ignored_mods = [output_layer] + [m for m in model.modules() if names.get(m) in set(ignored or [])]
     for m in order:
-        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.in_channels:
-            ignored_mods.append(m)
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels != m.out_channels:
             ignored_mods.append(m)  # depthwise with a channel multiplier: not a plain width
 
@@ -241,13 +262,15 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
         size = len(g[0].idxs)
         if size < 2 or _spans_several_layers(graph, g, size):
             continue
-        members = []
+        members, multiple = [], 1
         for dep, _idxs in g:
             mod = dep.target.module
             if not isinstance(mod, nn.Module) or mod not in names:
                 continue
             side = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
             members.append((names[mod], side))
+            if isinstance(mod, nn.modules.conv._ConvNd) and 1 < mod.groups < mod.in_channels:
+                multiple = math.lcm(multiple, mod.groups)
             if mod in layers:
                 if side == "out" or layers[mod].depthwise:
                     layers[mod].out_group = gid
@@ -255,12 +278,14 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
                     layers[mod].in_group = gid
                     if side == "in" and layers[mod].in_channels % size == 0:
                         layers[mod].in_mult = layers[mod].in_channels // size
-        groups.append(PruneGroup(gid, size, candidate_widths(size, min_keep), members))
+        if size % multiple or size // multiple < 2:
+            continue  # the group's width does not split evenly into the grouped conv's groups
+        groups.append(PruneGroup(gid, size, candidate_widths(size, min_keep, multiple=multiple), members, multiple))
         tp_groups[gid] = g
     position = {names[m]: i for i, m in enumerate(order)}
     groups.sort(key=lambda g: position.get(g.id, len(position)))
     if probe:
-        bad = unsafe_groups(model, example_inputs, [g.id for g in groups])
+        bad = unsafe_groups(model, example_inputs, [g.id for g in groups], {g.id: g.multiple for g in groups})
         groups = [g for g in groups if g.id not in bad]
         tp_groups = {k: v for k, v in tp_groups.items() if k not in bad}
         for la in layers.values():

@@ -195,6 +195,7 @@ def budget_method(run: Run) -> Outcome:
             widths,
             scores,
             sizes,
+            analysis.multiples,
             allocator=lp.allocator,
             criterion=run.criterion,
             budget=cfg.budget,

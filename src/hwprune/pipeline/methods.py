@@ -105,8 +105,9 @@ def _cut_units(kind: str, model, run: Run, calib, rule: str, kwargs: dict):
         keep = select(rule, normalized(scores, criterion), **kwargs)
         widths = {g: int(k.sum()) for g, k in keep.items()}
         sizes = {g.id: g.size for g in analysis.groups}
-        model = apply_plan(model, example, make_plan(widths, scores, sizes))
-        return model, {g: sizes[g] - w for g, w in widths.items() if w < sizes[g]}
+        plan = make_plan(widths, scores, sizes, analysis.multiples)  # grouped convs: widths rounded to groups
+        model = apply_plan(model, example, plan)
+        return model, {g.id: g.size - g.width for g in plan.groups if g.width < g.size}
     if kind == "head":
         scores = score_heads(model, example, criterion, calib, **common)
         crit = get_criterion(criterion)

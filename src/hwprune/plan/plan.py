@@ -75,11 +75,30 @@ class Plan:
             raise HwpruneError(f"cannot read plan {path}: {e}") from e
 
 
-def make_plan(widths: dict[str, int], scores: dict[str, object], sizes: dict[str, int], **info) -> Plan:
-    """Keep the `width` highest-scoring channels of each group."""
+def make_plan(
+    widths: dict[str, int],
+    scores: dict[str, object],
+    sizes: dict[str, int],
+    multiples: dict[str, int] | None = None,
+    **info,
+) -> Plan:
+    """Keep the `width` highest-scoring channels of each group.
+
+    A group read or written by a grouped conv (`multiples[gid]` = g > 1) keeps the same channels in each of
+    its g conv groups, the positions whose scores summed over the conv groups are highest, and a width
+    rounded down to a multiple of g: torch-pruning slices a grouped conv's input that way.
+    """
     groups = []
     for gid, size in sizes.items():
         w = int(widths.get(gid, size))
-        order = np.argsort(-np.asarray(scores[gid]), kind="stable")[:w]
-        groups.append(GroupPlan(gid, size, w, sorted(int(i) for i in order)))
+        s = np.asarray(scores[gid], dtype=np.float64)
+        m = (multiples or {}).get(gid, 1)
+        if m > 1:
+            per = size // m
+            w = max(m, w // m * m)
+            best = np.argsort(-s.reshape(m, per).sum(axis=0), kind="stable")[: w // m]
+            keep = sorted(int(j * per + r) for j in range(m) for r in best)
+        else:
+            keep = sorted(int(i) for i in np.argsort(-s, kind="stable")[:w])
+        groups.append(GroupPlan(gid, size, w, keep))
     return Plan(groups, **info)
