@@ -71,12 +71,8 @@ class MachineMonitor:
         self.jiffies = _cpu_jiffies()
         self.freqs = _freqs_mhz()
 
-    def sample(self) -> None:
-        """Record the clock now too (call between measurements: frequency changes are transient)."""
-        self.freqs += _freqs_mhz()
-
     def state(self, dense_medians: list[float]) -> MachineState:
-        self.sample()
+        self.freqs += _freqs_mhz()  # the clock at the end as well as at the start
         out = MachineState(seconds=time.perf_counter() - self.t0)
         now = _cpu_jiffies()
         if self.jiffies is not None and now is not None and now[1] > self.jiffies[1]:

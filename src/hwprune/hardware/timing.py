@@ -191,7 +191,7 @@ def ratio(a: Timing, b: Timing) -> float:
     gave per-round ratios 0.794-0.835 against ratios of medians 0.790-0.858 (the same 8 measurements).
     """
     if a.samples and len(a.samples) == len(b.samples):
-        return float(np.median(np.asarray(a.samples) / np.asarray(b.samples)))
+        return float(np.median(round_ratios(a, b)))
     return a.median / b.median
 
 

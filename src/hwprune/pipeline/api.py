@@ -99,9 +99,10 @@ def _plain(section, name: str = "method") -> dict:
     return dict(section)
 
 
-def _check_fits(dense: nn.Module, example, data, loss_fn) -> None:
+def _check_fits(dense: nn.Module, example, data, loss_fn) -> int | None:
     """The model's weights are finite, it runs on its example inputs and on the data's inputs to finite
-    outputs, and the data's targets fit its outputs (a one-line error otherwise)."""
+    outputs, and the data's targets fit its outputs (a one-line error otherwise). Returns the width of its
+    output on the data (the class count of a classifier), None without data."""
     check_weights(dense)
     dense.eval()
     with torch.no_grad():
@@ -112,7 +113,7 @@ def _check_fits(dense: nn.Module, example, data, loss_fn) -> None:
         except Exception as e:
             raise fit_error(dense, example, e, "example inputs") from None
         if data is None:
-            return
+            return None
         inputs, targets = data.sample_batch()
         try:
             out = call(dense, inputs)
@@ -125,6 +126,7 @@ def _check_fits(dense: nn.Module, example, data, loss_fn) -> None:
     if classes and isinstance(out, torch.Tensor) and out.shape[-1] != classes:
         raise HwpruneError(f"model outputs {out.shape[-1]} classes, the data set has {classes}")
     check_targets(out, targets, data.label_range(), default_loss=loss_fn is None)
+    return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() > 0 else None
 
 
 def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metric, progress) -> Run:
@@ -132,14 +134,16 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
         raise HwpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     data = as_data(data)
     check_data(cfg, data)
-    _check_fits(model, example_inputs, data, loss_fn)
+    classes = _check_fits(model, example_inputs, data, loss_fn)
     if not isinstance(target, Target):
         target = get_target(cfg.target.name, threads=cfg.target.threads)
     budgets: list[Budget] = parse_budgets(cfg.budget) if cfg.budget else []
     if any(b.kind == "energy" for b in budgets):
         FigureTarget("energy", target)  # fails early, in one line, when the target has no energy model
     criterion = cfg.method.criterion or ("taylor" if data is not None and data.labeled else "l1")
-    return Run(cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion)
+    return Run(
+        cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion, classes=classes
+    )
 
 
 def _finetune(run: Run, out: Outcome) -> None:
@@ -159,11 +163,9 @@ CHANCE_FACTOR = 1.5
 
 def _near_chance(run: Run, accuracy: float | None) -> str | None:
     """A warning when the dense model's default accuracy is near chance on the run's data."""
-    if accuracy is None or run.metric is not None or run.data is None:
+    classes = run.classes
+    if accuracy is None or run.metric is not None or not classes:
         return None
-    inputs, _ = run.data.sample_batch()
-    with torch.no_grad():
-        classes = primary_output(call(run.dense, inputs)).shape[-1]
     if classes < 2 or accuracy > CHANCE_FACTOR / classes:
         return None
     return (

@@ -37,6 +37,8 @@ class Run:
     #: Every median of the dense model timed during the run, in order: how far the machine drifted.
     dense_medians: list[float] = field(default_factory=list)
     monitor: MachineMonitor = field(default_factory=MachineMonitor)
+    #: Width of the dense model's output on the data (its class count), from the set-up checks.
+    classes: int | None = None
 
     def log(self, msg: str) -> None:
         if self.progress:

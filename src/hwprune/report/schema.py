@@ -282,7 +282,9 @@ def json_schema() -> dict:
 
 def write_schema() -> Path:
     """Regenerate report.schema.json (`python -m hwprune.report.schema`) after changing a dataclass."""
-    SCHEMA_FILE.write_text(json.dumps(json_schema(), indent=1) + "\n")
+    tmp = SCHEMA_FILE.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_schema(), indent=1) + "\n")
+    tmp.replace(SCHEMA_FILE)  # atomically: a reader never sees half a schema
     return SCHEMA_FILE
 
 
