@@ -1,12 +1,15 @@
 """Helpers shared by tests of several stages."""
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from hwprune.apply.channels import apply_plan
 from hwprune.cli.main import main
+from hwprune.cost.model import CostModel, LayerCurve
 from hwprune.groups.analysis import analyze
 from hwprune.importance import compute_scores
+from hwprune.plan.allocate import Problem
 from hwprune.plan.plan import make_plan
 
 
@@ -58,3 +61,21 @@ def toy_spec(**over) -> dict:
     }
     d.update(over)
     return d
+
+
+def synthetic_problem(model_fn, seed=0, scale=None):
+    """A cost model whose 'measured' curves are bilinear in the widths: latency = in * out * 1e-6 (times
+    `scale[layer name]` where given)."""
+    model, x = model_fn()
+    analysis = analyze(model, x)
+    curves = {}
+    for la in analysis.layers:
+        ins = sorted({1, la.in_channels})
+        outs = sorted({1, la.out_channels})
+        k = (scale or {}).get(la.name, 1.0)
+        grid = np.array([[k * i * o * 1e-6 for o in outs] for i in ins])
+        curves[la.name] = LayerCurve(ins, outs, grid, depthwise=la.depthwise)
+    cost = CostModel(analysis, curves)
+    rng = np.random.default_rng(seed)
+    scores = {g.id: rng.random(g.size) + 0.1 for g in analysis.groups}
+    return Problem(cost, {g.id: g.candidates for g in analysis.groups}, scores)

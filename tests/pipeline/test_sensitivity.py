@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+from helpers import synthetic_problem
 from tiny_models import tiny_cnn
 
 from hwprune.groups.analysis import analyze
@@ -21,12 +22,11 @@ def test_sensitivity_is_zero_at_full_width_and_monotone():
 
 
 def test_refine_by_loss_never_worsens_the_loss_and_respects_the_target():
-    from test_allocate import _synthetic_problem
 
     from hwprune.pipeline.sensitivity import LossProbe, group_sensitivity, refine_by_loss
     from hwprune.plan.allocate import ALLOCATORS
 
-    problem = _synthetic_problem(tiny_cnn)
+    problem = synthetic_problem(tiny_cnn)
     model, x = tiny_cnn()
     a = problem.cost.analysis
     torch.manual_seed(1)

@@ -2,11 +2,11 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import synthetic_problem
 from tiny_models import tiny_cnn, tiny_resnet, tiny_resnet3
 
-from hwprune.cost.model import CostModel, LayerCurve
 from hwprune.groups.analysis import analyze
-from hwprune.plan.allocate import ALLOCATORS, Problem, mckp
+from hwprune.plan.allocate import ALLOCATORS, mckp
 
 
 def brute_force(values, costs, budget):
@@ -49,28 +49,10 @@ def test_mckp_never_exceeds_budget_with_coarse_bins():
         assert sum(costs[k][j] for k, j in enumerate(picks)) <= budget + 1e-12
 
 
-def _synthetic_problem(model_fn, seed=0, scale=None):
-    """A cost model whose 'measured' curves are bilinear in the widths: latency = in * out * 1e-6 (times
-    `scale[layer name]` where given)."""
-    model, x = model_fn()
-    analysis = analyze(model, x)
-    curves = {}
-    for la in analysis.layers:
-        ins = sorted({1, la.in_channels})
-        outs = sorted({1, la.out_channels})
-        k = (scale or {}).get(la.name, 1.0)
-        grid = np.array([[k * i * o * 1e-6 for o in outs] for i in ins])
-        curves[la.name] = LayerCurve(ins, outs, grid, depthwise=la.depthwise)
-    cost = CostModel(analysis, curves)
-    rng = np.random.default_rng(seed)
-    scores = {g.id: rng.random(g.size) + 0.1 for g in analysis.groups}
-    return Problem(cost, {g.id: g.candidates for g in analysis.groups}, scores)
-
-
 @pytest.mark.parametrize("name", sorted(ALLOCATORS))
 @pytest.mark.parametrize("model_fn", [tiny_cnn, tiny_resnet])
 def test_allocators_meet_predicted_target(name, model_fn):
-    problem = _synthetic_problem(model_fn)
+    problem = synthetic_problem(model_fn)
     dense = problem.cost.predict(problem.cost.dense_widths())
     for frac in (0.8, 0.5, 0.3):
         widths = ALLOCATORS[name](problem, frac * dense)
@@ -85,7 +67,7 @@ def test_an_unreachable_target_gives_the_narrowest_plan_not_the_dense_one(name):
     """Below what the narrowest plan is predicted to cost, the answer is the narrowest plan: the closed loop
     measures it and refits. Uniform's bisection once fell back to the dense plan, and `hw`'s trust region
     around it then kept a 0.15 run at 0.7 of dense latency for all its iterations."""
-    problem = _synthetic_problem(tiny_cnn)
+    problem = synthetic_problem(tiny_cnn)
     problem.trust = 0.75 if name == "hw" else 0.0
     widths = ALLOCATORS[name](problem, 1e-12)
     narrow = problem.cost.predict(problem.min_widths())
@@ -97,7 +79,7 @@ def test_an_unreachable_target_gives_the_narrowest_plan_not_the_dense_one(name):
 @pytest.mark.parametrize("frac", [0.3, 0.5, 0.7])
 def test_hw_allocator_is_optimal_on_small_instance(seed, frac):
     """Over all candidate combinations of a tiny CNN, `hw` finds the best value under the target."""
-    problem = _synthetic_problem(tiny_cnn, seed)
+    problem = synthetic_problem(tiny_cnn, seed)
     gids = list(problem.candidates)
     dense = problem.cost.predict(problem.cost.dense_widths())
     target = frac * dense
@@ -117,7 +99,7 @@ def test_hw_beats_uniform_when_one_group_is_cheap():
     model, x = tiny_cnn()
     first = analyze(model, x).layers[0].name
     cheap = {la.name: 0.1 for la in analyze(model, x).layers if la.name != first}
-    problem = _synthetic_problem(tiny_cnn, scale=cheap)
+    problem = synthetic_problem(tiny_cnn, scale=cheap)
     dense = problem.cost.predict(problem.cost.dense_widths())
     hw = ALLOCATORS["hw"](problem, 0.5 * dense)
     uni = ALLOCATORS["uniform"](problem, 0.5 * dense)
@@ -130,7 +112,7 @@ def test_hw_beats_uniform_when_one_group_is_cheap():
 def test_hw_stays_in_its_trust_region_and_keeps_at_least_uniforms_value(model_fn):
     from dataclasses import replace
 
-    problem = _synthetic_problem(model_fn)
+    problem = synthetic_problem(model_fn)
     dense = problem.cost.predict(problem.cost.dense_widths())
     value = lambda w: sum(problem.value(g, w[g]) for g in w)  # noqa: E731
     for frac in (0.6, 0.3):
@@ -149,7 +131,7 @@ def test_hw_stays_in_its_trust_region_and_keeps_at_least_uniforms_value(model_fn
 def test_chain_terms_sum_to_the_prediction(seed):
     from hwprune.plan.allocate import _chain_order, chain_terms
 
-    problem = _synthetic_problem(tiny_cnn, seed)
+    problem = synthetic_problem(tiny_cnn, seed)
     problem.cost.r0, problem.cost.r1 = 1e-4, 3e-4
     order = _chain_order(problem)
     assert order == ["conv1", "conv2"]
@@ -166,7 +148,7 @@ def test_hw_on_a_non_chain_graph_against_brute_force():
     """Trunk + 3 residual blocks: the linearised knapsack + exchange search; never below the baselines."""
     from hwprune.plan.allocate import _chain_order
 
-    problem = _synthetic_problem(tiny_resnet3)
+    problem = synthetic_problem(tiny_resnet3)
     assert _chain_order(problem) is None
     gids = list(problem.candidates)
     dense = problem.cost.predict(problem.cost.dense_widths())
