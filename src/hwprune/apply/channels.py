@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwprune.core.errors import HwpruneError
+from hwprune.groups.analysis import dependency_graph
+from hwprune.groups.attention import cut_heads, find_attention
 from hwprune.plan.plan import Plan
 
 
@@ -35,20 +37,34 @@ def apply_plan(model: nn.Module, example_inputs, plan: Plan, inplace: bool = Fal
     """Return `model` with every group narrowed to the plan's kept channels."""
     if not inplace:
         model = copy.deepcopy(model)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    graph = dependency_graph(model, example_inputs)
     modules = dict(model.named_modules())
     check_plan_fits(plan, graph, modules)
+    heads = find_attention(model)
     for gp in plan.groups:
         if gp.width == gp.size:
             continue
-        root = modules[gp.id]
-        pruner = graph.get_pruner_of_module(root)
         keep = set(gp.keep)
         drop = [i for i in range(gp.size) if i not in keep]
-        group = graph.get_pruning_group(root, pruner.prune_out_channels, drop)
+        if gp.id in heads:
+            _check_whole_heads(gp.id, drop, heads[gp.id].unit)
+            cut_heads(model, heads[gp.id], drop)
+            continue
+        root = modules[gp.id]
+        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, drop)
         _check_no_layer_emptied(graph, group, gp.id, {m: n for n, m in modules.items()})
         group.prune()
     return model
+
+
+def _check_whole_heads(gid: str, drop: list[int], unit: int) -> None:
+    """An attention's channels come off in whole heads (with their KV share): a plan that keeps part of one
+    would leave a reshape to heads that fails later with no name."""
+    blocks = {c // unit for c in drop}
+    if len(drop) != len(blocks) * unit:
+        raise HwpruneError(
+            f"plan for attention '{gid}' removes part of a head: keep or drop whole blocks of {unit} channels"
+        )
 
 
 def _check_no_layer_emptied(graph: tp.DependencyGraph, group, gid: str, names: dict) -> None:

@@ -55,13 +55,15 @@ def _format_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
-def resolve_checked(spec: str, batch_size: int, input_shape: str | None, progress: bool = True) -> ResolvedModel:
+def resolve_checked(
+    spec: str, batch_size: int, input_shape: str | None, progress: bool = True, seq_len: int | None = None
+) -> ResolvedModel:
     """`zoo.specs.resolve`, with a batch size checked against memory first: the model is resolved at batch 1,
     the example batch's size estimated from one sample, and a batch that would not fit is refused before
     it is allocated."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise HwpruneError(f"--batch-size {batch_size!r}: give a whole number, at least 1")
-    one = resolve(spec, 1, input_shape, progress)
+    one = resolve(spec, 1, input_shape, progress, seq_len=seq_len)
     if batch_size == 1:
         return one
     sample = one.example_inputs
@@ -73,4 +75,4 @@ def resolve_checked(spec: str, batch_size: int, input_shape: str | None, progres
                 f"--batch-size {batch_size}: the example batch alone needs about {_format_bytes(need)}, "
                 f"this machine has {_format_bytes(have)} available; give a smaller --batch-size"
             )
-    return resolve(spec, batch_size, input_shape, progress)
+    return resolve(spec, batch_size, input_shape, progress, seq_len=seq_len)

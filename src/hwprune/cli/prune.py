@@ -7,7 +7,7 @@ import argparse
 import time
 
 from hwprune.cli.outputs import check_out
-from hwprune.cli.run import prune_spec, read_recipe, split_options
+from hwprune.cli.run import INPUT_KEYS, prune_spec, read_recipe, split_options
 from hwprune.core.errors import HwpruneError
 from hwprune.importance import list_criteria
 from hwprune.pipeline.config import PruneConfig, flat_fields, options
@@ -61,6 +61,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="one sample's shape, e.g. 3x224x224 (default: 3x224x224 for torchvision, the data's shape for examples)",
     )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence of a text model's example inputs (default 128); part of the latency-table key",
+    )
 
 
 def prune_args(p: argparse.ArgumentParser) -> None:
@@ -104,7 +110,7 @@ def _settings(a: argparse.Namespace) -> tuple[dict, dict]:
     """(inputs, config options): the recipe's, overridden by every flag given on the command line."""
     recipe = read_recipe(a.recipe) if getattr(a, "recipe", None) else split_options({})
     inputs = dict(recipe.inputs)
-    for k in ("model", "data", "batch_size", "input_shape", "out", "loss", "metric"):
+    for k in INPUT_KEYS:
         if getattr(a, k, None) is not None:
             inputs[k] = getattr(a, k)
     config = dict(recipe.config)
@@ -138,6 +144,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         progress=not getattr(a, "quiet", False),
         loss=inputs.get("loss"),
         metric=inputs.get("metric"),
+        seq_len=inputs.get("seq_len"),
     )
     out = result.save(inputs["out"], overwrite=True)
     _print_summary(result.report)

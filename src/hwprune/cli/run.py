@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from hwprune.cli.outputs import resolve_checked
 from hwprune.pipeline.api import PruneResult, prune
 from hwprune.pipeline.config import PruneConfig, flat_fields, read_yaml
 from hwprune.zoo.userdata import resolve_callable, resolve_data
 
 #: Recipe keys that name the run's inputs rather than settings (resolved by `zoo.specs` / `zoo.datasets`).
-INPUT_KEYS = ("model", "data", "batch_size", "input_shape", "out", "loss", "metric")
+INPUT_KEYS = ("model", "data", "batch_size", "input_shape", "seq_len", "out", "loss", "metric")
 
 
 @dataclass
@@ -52,6 +50,7 @@ def prune_spec(
     progress: bool = True,
     loss: str | None = None,
     metric: str | None = None,
+    seq_len: int | None = None,
 ) -> PruneResult:
     """`hwprune prune`: the model spec, data, loss and metric specs resolved (`zoo`), then `hwprune.prune`.
 
@@ -60,14 +59,13 @@ def prune_spec(
     """
     cfg = config if isinstance(config, PruneConfig) else PruneConfig.from_dict(config or {})
     loss_fn, metric_fn = resolve_callable(loss, "--loss"), resolve_callable(metric, "--metric")
-    resolved = resolve_checked(model, batch_size, input_shape, progress)
+    resolved = resolve_checked(model, batch_size, input_shape, progress, seq_len)
     example = resolved.example_inputs
-    shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
     return prune(
         resolved.model,
         example,
         config=cfg,
-        data=resolve_data(data, shape),
+        data=resolve_data(data, example, resolved.tokenizer, resolved.model),
         loss_fn=loss_fn,
         metric=metric_fn,
         progress=progress,

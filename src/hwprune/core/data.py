@@ -129,9 +129,12 @@ class LoaderData:
             the run's seed). A one-pass iterator is read once into memory.
         val: the same kinds, for the metric; default the training batches (the report says so).
         description: how the report names the data.
+        loss_fn, metric: what this data's targets call for when the caller names neither (embedding
+            targets: cosine distance and cosine similarity); None: cross-entropy and top-1.
     """
 
-    def __init__(self, train, val=None, description: str | None = None):
+    def __init__(self, train, val=None, description: str | None = None, loss_fn=None, metric=None):
+        self.loss_fn, self.metric = loss_fn, metric
         self.train = self._loader(train, shuffle=True)
         self.val = self._loader(val, shuffle=False) if val is not None else None
         first = next(iter(self.train), None)

@@ -160,7 +160,11 @@ class Profiler:
                     if layer.in_group in cands
                     else [layer.in_channels]
                 )
-                out_c = cands.get(layer.out_group, [layer.out_channels])
+                out_c = (
+                    [c // layer.out_div for c in cands[layer.out_group]]
+                    if layer.out_group in cands
+                    else [layer.out_channels]
+                )
                 key = (layer.signature(), tuple(in_c), tuple(out_c))
                 if key not in memo:
                     memo[key] = self.curve(layer, in_c, out_c)
@@ -247,9 +251,7 @@ class CostModel:
         return dict(self.sizes)
 
     def _widths_of(self, layer: LayerInfo, widths: dict[str, int]) -> tuple[int, int]:
-        c_in = widths[layer.in_group] * layer.in_mult if layer.in_group in widths else layer.in_channels
-        c_out = widths.get(layer.out_group, layer.out_channels)
-        return c_in, c_out
+        return layer.widths(widths)
 
     def layer_sum(self, widths: dict[str, int]) -> float:
         """The measured layer curves at `widths`, each times its in-graph factor (no fitted term)."""

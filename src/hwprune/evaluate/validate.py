@@ -160,10 +160,7 @@ def _check_widths(analysis: GroupAnalysis, widths: dict[str, int]) -> dict[str, 
 
 
 def _layer_widths(layer: LayerInfo, widths: dict[str, int]) -> tuple[int, int]:
-    # As CostModel sees the layer: the input width is its group's width times the features per channel.
-    c_in = widths[layer.in_group] * layer.in_mult if layer.in_group in widths else layer.in_channels
-    c_out = widths.get(layer.out_group, layer.out_channels)
-    return c_in, c_out
+    return layer.widths(widths)  # as CostModel sees the layer
 
 
 def validate(
@@ -223,7 +220,9 @@ def validate(
         return report
 
     if pruned is None:
-        pruned = apply_plan(model, example_inputs, make_plan(check_w, order, dense_w, analysis.multiples))
+        pruned = apply_plan(
+            model, example_inputs, make_plan(check_w, order, dense_w, analysis.multiples, units=analysis.units)
+        )
     pruned.eval()
     # The remainder is fitted on three calibration plans that are neither model being predicted, so both
     # predictions are out of sample (a remainder fitted on the model it predicts is exact by construction).
@@ -246,7 +245,9 @@ def calibrate(cost: CostModel, model: nn.Module, example_inputs, scores, target,
     (`in_graph_times`), each plan's kernels also correct the layer curves. `scores` rank the channels kept."""
     profile = getattr(target, "in_graph_times", None)
     for w in calibration_plans(cost.analysis):
-        plan_model = apply_plan(model, example_inputs, make_plan(w, scores, cost.sizes, cost.analysis.multiples)).eval()
+        plan_model = apply_plan(
+            model, example_inputs, make_plan(w, scores, cost.sizes, cost.analysis.multiples, units=cost.analysis.units)
+        ).eval()
         # One pair (dense, plan) at a time, as the loop measures: interleaving many differently shaped
         # models in one run thrashes the kernel library's primitive cache and slows the small ones.
         td, tc = target.time_models([model, plan_model], example_inputs)

@@ -23,15 +23,19 @@ def kd_loss(
     alpha: float = KD_ALPHA,
     temperature: float = KD_TEMPERATURE,
     loss_fn: Callable | None = None,
+    dim: int = 1,
 ):
     """alpha * loss(labels) + (1 - alpha) * T^2 * KL(teacher || student at temperature T) (Hinton et al. 2015).
 
     `loss_fn(outputs, targets)` defaults to cross-entropy. Without labels (`y` None) only the
-    distillation term is left; without a teacher only the label term.
+    distillation term is left; without a teacher only the label term. `dim` holds the classes (1 for
+    image classifiers and segmenters, -1 for transformers' (batch, tokens, classes) logits).
     """
     loss = None if y is None else (loss_fn or F.cross_entropy)(out, y)
     if teacher_out is None:
         return loss
+    if dim != 1:  # classes last: flatten tokens into the batch, as KL's batchmean expects rows
+        out, teacher_out = out.reshape(-1, out.shape[-1]), teacher_out.reshape(-1, teacher_out.shape[-1])
     kd = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(teacher_out / temperature, 1), reduction="batchmean")
     if loss is None:
         return kd * temperature**2
@@ -59,6 +63,9 @@ def train_steps(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(batches))
     if teacher is not None:
         teacher.eval()
+    if getattr(model, "hwprune_output", None) == "embedding":
+        teacher = None  # embeddings are not class scores: their targets (the dense embeddings) are the distillation
+    dim = -1 if type(model).__module__.startswith("transformers.") else 1  # HF logits: (batch, tokens, classes)
     model.train()
     with tqdm(batches, desc=desc, unit="step", disable=not progress, leave=False) as bar:
         for step, (x, y) in enumerate(bar):
@@ -68,7 +75,7 @@ def train_steps(
             out = logits(model, x)
             with torch.no_grad():
                 t = logits(teacher, x) if teacher is not None else None
-            loss = kd_loss(out, y, t, loss_fn=loss_fn)
+            loss = kd_loss(out, y, t, loss_fn=loss_fn, dim=dim)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import as_tuple, call, eval_mode, run_hooked
+from hwprune.core.modules import as_tuple, call, eval_mode, primary_output, run_hooked
+from hwprune.groups.attention import Attention, HeadGroup, cut_heads, find_attention
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -44,6 +45,15 @@ class LayerInfo:
     groups: int = 1
     in_group: str | None = None
     out_group: str | None = None
+    #: Output channels per `out_div` channels of the output group (a key/value projection under
+    #: grouped-query attention is 1/`per_kv` as wide as its query projection, the group's root).
+    out_div: int = 1
+
+    def widths(self, widths: dict[str, int]) -> tuple[int, int]:
+        """(input, output) channels of this layer when its groups take `widths` (others: dense)."""
+        c_in = widths[self.in_group] * self.in_mult if self.in_group in widths else self.in_channels
+        c_out = widths[self.out_group] // self.out_div if self.out_group in widths else self.out_channels
+        return c_in, c_out
 
     def signature(self) -> str:
         """Everything but the two widths that the layer's latency depends on (the cache key)."""
@@ -79,6 +89,9 @@ class PruneGroup:
     #: A grouped conv (groups=g) reads or writes these channels: widths are multiples of g, and the same
     #: channels are kept in each of the g conv groups (torch-pruning slices grouped convs that way).
     multiple: int = 1
+    #: Channels kept or removed as one contiguous block (an attention head with its KV share); widths are
+    #: multiples of it.
+    unit: int = 1
 
 
 def candidate_widths(size: int, min_keep: float = 0.1, max_candidates: int = 64, multiple: int = 1) -> list[int]:
@@ -118,6 +131,11 @@ class GroupAnalysis:
         """Group id -> the conv-group count its widths are multiples of (1: any width)."""
         return {g.id: g.multiple for g in self.groups}
 
+    @property
+    def units(self) -> dict[str, int]:
+        """Group id -> the block of channels removed together (1: single channels)."""
+        return {g.id: g.unit for g in self.groups}
+
     def group(self, gid: str) -> PruneGroup:
         for g in self.groups:
             if g.id == gid:
@@ -125,23 +143,55 @@ class GroupAnalysis:
         raise KeyError(gid)
 
 
-def trial_cut(size: int, multiple: int) -> list[int]:
-    """The channels a trial removes: the last one, or the last of each of `multiple` conv groups."""
+def trial_cut(size: int, multiple: int, unit: int = 1) -> list[int]:
+    """The channels a trial removes: the last one (the last block of `unit`), or the last of each of
+    `multiple` conv groups."""
+    if unit > 1:
+        return list(range(size - unit, size))
     per = size // multiple
     return [(j + 1) * per - 1 for j in range(multiple)]
 
 
-def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str], multiples: dict[str, int]) -> bool:
-    """Does the model still run after one channel (one per conv group) is cut from each of `gids` (a copy)?"""
+def cut_group(model: nn.Module, graph: tp.DependencyGraph, gid: str, drop: list[int], heads: dict) -> list:
+    """Remove channels `drop` of group `gid` in place: an attention's heads (`heads`: query name ->
+    Attention) by their four projections, any other group through the dependency graph. Returns the
+    torch-pruning group that was cut ([] for heads)."""
+    if gid in heads:
+        cut_heads(model, heads[gid], drop)
+        return []
+    root = dict(model.named_modules())[gid]
+    group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, drop)
+    group.prune()
+    return group
+
+
+def dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
+    """Torch-Pruning's graph of `model`, traced on its primary output (a ModelOutput's logits)."""
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, verbose=False, output_transform=primary_output
+        )
+    except Exception as e:  # torch-pruning's tracer fails inside on some graphs (ZeroDivisionError on shufflenet_v2)
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise HwpruneError(
+            f"cannot trace the model's channel dependencies (torch-pruning {tp.__version__} raised "
+            f"{type(e).__name__}{': ' + msg if msg else ''}); this architecture cannot be channel-pruned"
+        ) from e
+
+
+def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str], shapes: dict[str, tuple[int, int]]) -> bool:
+    """Does the model still run after one channel (one per conv group, one head) is cut from each of `gids`
+    (on a copy)? `shapes`: group id -> (conv groups, unit)."""
     trial = copy.deepcopy(model)
     try:
-        graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example_inputs, verbose=False)
+        graph = dependency_graph(trial, example_inputs)
+        heads = find_attention(trial)
         modules = dict(trial.named_modules())
         for gid in gids:
             root = modules[gid]
-            pruner = graph.get_pruner_of_module(root)
-            cut = trial_cut(pruner.get_out_channels(root), multiples.get(gid, 1))
-            graph.get_pruning_group(root, pruner.prune_out_channels, cut).prune()
+            multiple, unit = shapes.get(gid, (1, 1))
+            cut = trial_cut(graph.get_pruner_of_module(root).get_out_channels(root), multiple, unit)
+            cut_group(trial, graph, gid, cut, heads)
         with torch.no_grad():
             call(trial, example_inputs)
         return True
@@ -149,7 +199,7 @@ def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str], multiples
         return False
 
 
-def unsafe_groups(model: nn.Module, example_inputs, gids: list[str], multiples: dict | None = None) -> set[str]:
+def unsafe_groups(model: nn.Module, example_inputs, gids: list[str], shapes: dict | None = None) -> set[str]:
     """Groups whose removal breaks the forward pass, found by cutting one channel on a copy.
 
     Some models read a width from a plain attribute instead of a layer (torchvision's ViT reshapes its
@@ -157,14 +207,14 @@ def unsafe_groups(model: nn.Module, example_inputs, gids: list[str], multiples: 
     parameters), so the dependency graph cannot see that the residual stream is tied to them. One trial
     of all groups at once settles the usual case; when it fails, bisection finds the culprits.
     """
-    multiples = multiples or {}
-    if not gids or _prunes_cleanly(model, example_inputs, gids, multiples):
+    shapes = shapes or {}
+    if not gids or _prunes_cleanly(model, example_inputs, gids, shapes):
         return set()
     if len(gids) == 1:
         return set(gids)
     half = len(gids) // 2
-    return unsafe_groups(model, example_inputs, gids[:half], multiples) | unsafe_groups(
-        model, example_inputs, gids[half:], multiples
+    return unsafe_groups(model, example_inputs, gids[:half], shapes) | unsafe_groups(
+        model, example_inputs, gids[half:], shapes
     )
 
 
@@ -210,17 +260,6 @@ def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: i
     return info
 
 
-def _dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-    except Exception as e:  # torch-pruning's tracer fails inside on some graphs (ZeroDivisionError on shufflenet_v2)
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise HwpruneError(
-            f"cannot trace the model's channel dependencies (torch-pruning {tp.__version__} raised "
-            f"{type(e).__name__}{': ' + msg if msg else ''}); this architecture cannot be channel-pruned"
-        ) from e
-
-
 def _spans_several_layers(graph: tp.DependencyGraph, g, size: int) -> bool:
     """Does the group hold only part of some conv/linear's outputs (two convs concatenated into a depthwise
     conv)? Plans keep each group's best-scored channels, which may be none of one such layer's, leaving it
@@ -228,6 +267,47 @@ def _spans_several_layers(graph: tp.DependencyGraph, g, size: int) -> bool:
     layers = [d.target.module for d, _ in g if graph.is_out_channel_pruning_fn(d.handler)]
     layers = [m for m in layers if isinstance(m, PRUNABLE_TYPES)]
     return any(graph.get_pruner_of_module(m).get_out_channels(m) < size for m in layers)
+
+
+def _channel_group(g, graph: tp.DependencyGraph, names: dict, layers: dict, min_keep: float) -> PruneGroup | None:
+    """The PruneGroup of one torch-pruning group (None when it cannot be narrowed); records on `layers`
+    which of them read or write it."""
+    root = g[0].dep.target.module
+    gid = names[root]
+    size = len(g[0].idxs)
+    if size < 2 or _spans_several_layers(graph, g, size):
+        return None
+    members, multiple = [], 1
+    for dep, _idxs in g:
+        mod = dep.target.module
+        if not isinstance(mod, nn.Module) or mod not in names:
+            continue
+        side = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
+        members.append((names[mod], side))
+        if isinstance(mod, nn.modules.conv._ConvNd) and 1 < mod.groups < mod.in_channels:
+            multiple = math.lcm(multiple, mod.groups)
+        if mod in layers:
+            if side == "out" or layers[mod].depthwise:
+                layers[mod].out_group = gid
+            if side == "in" or layers[mod].depthwise:
+                layers[mod].in_group = gid
+                if side == "in" and layers[mod].in_channels % size == 0:
+                    layers[mod].in_mult = layers[mod].in_channels // size
+    if size % multiple or size // multiple < 2:
+        return None  # the group's width does not split evenly into the grouped conv's groups
+    return PruneGroup(gid, size, candidate_widths(size, min_keep, multiple=multiple), members, multiple)
+
+
+def _head_group(att: Attention, modules: dict, layers: dict, min_keep: float) -> PruneGroup:
+    """The group of one attention's heads, rooted at its query projection; widths are whole KV units."""
+    q, k, v, o = (modules[n] for n in (att.q, att.k, att.v, att.o))
+    layers[q].out_group = layers[k].out_group = layers[v].out_group = att.q
+    layers[k].out_div = layers[v].out_div = att.per_kv
+    if o in layers:
+        layers[o].in_group = att.q
+    size = q.out_features
+    members = [(att.q, "out"), (att.k, "out"), (att.v, "out"), (att.o, "in")]
+    return PruneGroup(att.q, size, candidate_widths(size, min_keep, multiple=att.unit), members, unit=att.unit)
 
 
 def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
@@ -251,41 +331,30 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels != m.out_channels:
             ignored_mods.append(m)  # depthwise with a channel multiplier: not a plain width
 
-    graph = _dependency_graph(model, example_inputs)
+    graph = dependency_graph(model, example_inputs)
     layers = {m: _layer_info(m, names[m], shapes[m], out_numel[m]) for m in order}
+    modules = dict(model.named_modules())
+    heads = {q: att for q, att in find_attention(model).items() if modules[q] in layers}
+    projections = {modules[n] for att in heads.values() for n in (att.q, att.k, att.v)}
 
     groups: list[PruneGroup] = []
     tp_groups = {}
-    for g in graph.get_all_groups(ignored_layers=ignored_mods, root_module_types=PRUNABLE_TYPES):
-        root = g[0].dep.target.module
-        gid = names[root]
-        size = len(g[0].idxs)
-        if size < 2 or _spans_several_layers(graph, g, size):
-            continue
-        members, multiple = [], 1
-        for dep, _idxs in g:
-            mod = dep.target.module
-            if not isinstance(mod, nn.Module) or mod not in names:
-                continue
-            side = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
-            members.append((names[mod], side))
-            if isinstance(mod, nn.modules.conv._ConvNd) and 1 < mod.groups < mod.in_channels:
-                multiple = math.lcm(multiple, mod.groups)
-            if mod in layers:
-                if side == "out" or layers[mod].depthwise:
-                    layers[mod].out_group = gid
-                if side == "in" or layers[mod].depthwise:
-                    layers[mod].in_group = gid
-                    if side == "in" and layers[mod].in_channels % size == 0:
-                        layers[mod].in_mult = layers[mod].in_channels // size
-        if size % multiple or size // multiple < 2:
-            continue  # the group's width does not split evenly into the grouped conv's groups
-        groups.append(PruneGroup(gid, size, candidate_widths(size, min_keep, multiple=multiple), members, multiple))
-        tp_groups[gid] = g
+    roots = graph.get_all_groups(ignored_layers=ignored_mods + list(projections), root_module_types=PRUNABLE_TYPES)
+    for g in roots:
+        if any(dep.target.module in projections and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in g):
+            continue  # an attention's heads: grouped below
+        group = _channel_group(g, graph, names, layers, min_keep)
+        if group is not None:
+            groups.append(group)
+            tp_groups[group.id] = g
+    for q, att in heads.items():
+        if modules[q] not in ignored_mods:
+            groups.append(_head_group(att, modules, layers, min_keep))
+            tp_groups[q] = HeadGroup(att, modules, graph)
     position = {names[m]: i for i, m in enumerate(order)}
     groups.sort(key=lambda g: position.get(g.id, len(position)))
     if probe:
-        bad = unsafe_groups(model, example_inputs, [g.id for g in groups], {g.id: g.multiple for g in groups})
+        bad = unsafe_groups(model, example_inputs, [g.id for g in groups], {g.id: (g.multiple, g.unit) for g in groups})
         groups = [g for g in groups if g.id not in bad]
         tp_groups = {k: v for k, v in tp_groups.items() if k not in bad}
         for la in layers.values():

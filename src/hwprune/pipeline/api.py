@@ -134,6 +134,8 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
         raise HwpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     data = as_data(data)
     check_data(cfg, data)
+    loss_fn = loss_fn or getattr(data, "loss_fn", None)  # what the data's targets call for (embeddings: cosine)
+    metric = metric or getattr(data, "metric", None)
     classes = _check_fits(model, example_inputs, data, loss_fn)
     if not isinstance(target, Target):
         target = get_target(cfg.target.name, threads=cfg.target.threads)

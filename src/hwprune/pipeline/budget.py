@@ -196,6 +196,7 @@ def budget_method(run: Run) -> Outcome:
             scores,
             sizes,
             analysis.multiples,
+            units=analysis.units,
             allocator=lp.allocator,
             criterion=run.criterion,
             budget=cfg.budget,

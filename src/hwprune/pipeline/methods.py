@@ -105,7 +105,9 @@ def _cut_units(kind: str, model, run: Run, calib, rule: str, kwargs: dict):
         keep = select(rule, normalized(scores, criterion), **kwargs)
         widths = {g: int(k.sum()) for g, k in keep.items()}
         sizes = {g.id: g.size for g in analysis.groups}
-        plan = make_plan(widths, scores, sizes, analysis.multiples)  # grouped convs: widths rounded to groups
+        plan = make_plan(
+            widths, scores, sizes, analysis.multiples, units=analysis.units
+        )  # grouped convs: widths rounded to groups
         model = apply_plan(model, example, plan)
         return model, {g.id: g.size - g.width for g in plan.groups if g.width < g.size}
     if kind == "head":

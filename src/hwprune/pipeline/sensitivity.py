@@ -63,7 +63,7 @@ class LossProbe:
     ):
         self.model, self.example, self.scores = model, example_inputs, scores
         self.sizes = {g.id: g.size for g in analysis.groups}
-        self.multiples = analysis.multiples
+        self.multiples, self.units = analysis.multiples, analysis.units
         self.bn_batches, self.eval_batches = bn_batches, eval_batches
         self.loss_fn = loss_fn or F.cross_entropy
         self.train_batches, self.lr = train_batches or [], lr
@@ -76,7 +76,11 @@ class LossProbe:
     def __call__(self, widths: dict[str, int]) -> float:
         key = tuple(sorted({**self.sizes, **widths}.items()))
         if key not in self._cache:
-            pruned = apply_plan(self.model, self.example, make_plan(dict(key), self.scores, self.sizes, self.multiples))
+            pruned = apply_plan(
+                self.model,
+                self.example,
+                make_plan(dict(key), self.scores, self.sizes, self.multiples, units=self.units),
+            )
             recalibrate_bn(pruned, self.bn_batches)
             if self.train_batches:
                 torch.manual_seed(0)  # every candidate gets the same short fine-tune

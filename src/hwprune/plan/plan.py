@@ -80,20 +80,28 @@ def make_plan(
     scores: dict[str, object],
     sizes: dict[str, int],
     multiples: dict[str, int] | None = None,
+    units: dict[str, int] | None = None,
     **info,
 ) -> Plan:
     """Keep the `width` highest-scoring channels of each group.
 
     A group read or written by a grouped conv (`multiples[gid]` = g > 1) keeps the same channels in each of
     its g conv groups, the positions whose scores summed over the conv groups are highest, and a width
-    rounded down to a multiple of g: torch-pruning slices a grouped conv's input that way.
+    rounded down to a multiple of g: torch-pruning slices a grouped conv's input that way. A group of
+    contiguous blocks (`units[gid]` = u > 1: attention heads) keeps the whole blocks whose summed scores are
+    highest, and a width rounded down to a multiple of u.
     """
     groups = []
     for gid, size in sizes.items():
         w = int(widths.get(gid, size))
         s = np.asarray(scores[gid], dtype=np.float64)
         m = (multiples or {}).get(gid, 1)
-        if m > 1:
+        u = (units or {}).get(gid, 1)
+        if u > 1:
+            w = max(u, w // u * u)
+            best = np.argsort(-s.reshape(size // u, u).sum(axis=1), kind="stable")[: w // u]
+            keep = sorted(int(b * u + r) for b in best for r in range(u))
+        elif m > 1:
             per = size // m
             w = max(m, w // m * m)
             best = np.argsort(-s.reshape(m, per).sum(axis=0), kind="stable")[: w // m]

@@ -13,6 +13,7 @@ from hwprune.core.errors import HwpruneError
 from hwprune.export.model import load, save_model
 from hwprune.finetune.train import train
 from hwprune.hardware.table import default_cache_dir
+from hwprune.zoo import text
 from hwprune.zoo.datasets import get_dataset
 
 
@@ -48,10 +49,20 @@ class Example:
     data: str
     epochs: int
     description: str
+    #: Built with its pretrained weights (no training); a text model whose inputs come from its tokenizer.
+    pretrained_text: bool = False
 
 
 EXAMPLES: dict[str, Example] = {
     "mnist1d": Example("mnist1d", Mnist1dCNN, "mnist1d", 12, "1-D CNN (4 convs of 256, 2 linears) on MNIST-1D"),
+    "minilm": Example(
+        "minilm",
+        text.minilm,
+        "python-docs",
+        0,
+        "all-MiniLM-L6-v2 sentence encoder (real pretrained weights, 6-layer BERT) on Python's documentation",
+        pretrained_text=True,
+    ),
 }
 
 

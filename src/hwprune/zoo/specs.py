@@ -15,10 +15,14 @@ from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
 from hwprune.export.model import load, read_spec
 from hwprune.export.spec import runnable_source, source_file
+from hwprune.zoo import hf, text
 from hwprune.zoo.datasets import get_dataset
 from hwprune.zoo.examples import get_example, trained_example
 
-SPEC_HELP = "torchvision:NAME, timm:NAME, example:NAME, path/to/file.py:function, or a directory saved by hwprune"
+SPEC_HELP = (
+    "torchvision:NAME, timm:NAME, hf:DIR (a transformers save_pretrained directory), hf-config:FILE (random "
+    "weights), example:NAME, path/to/file.py:function, or a directory saved by hwprune"
+)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class ResolvedModel:
     example_inputs: object  # a tensor (batch first), or a tuple/dict of them
     source: dict  # how to rebuild the architecture (stored in saved specs)
     spec: str
+    tokenizer: object = None  # a text model's tokenizer (hf: directories, text examples)
 
 
 def _first_line(e: BaseException) -> str:
@@ -143,6 +148,8 @@ def build_source(source: dict, directory=None, trust_code: bool = False) -> nn.M
         return _timm(str(source.get("name", "")))
     if kind == "example":
         return get_example(str(source.get("name", ""))).build()
+    if kind == "hf":
+        return hf.build_from_source(source)
     if kind == "file":
         return _saved_file(source, directory, trust_code)
     if kind == "object":
@@ -176,6 +183,20 @@ def _parse_file_spec(spec: str) -> tuple[str, str]:
     return path, fn
 
 
+def _hf(spec: str, shape, batch_size: int, seq_len: int | None):
+    kind, _, where = spec.partition(":")
+    if not where:
+        raise HwpruneError(f"{kind}: needs a path, e.g. {kind}:{'path/to/model' if kind == 'hf' else 'config.json'}")
+    if kind == "hf":
+        model, tokenizer = hf.from_directory(where)
+    else:
+        model, tokenizer = hf.from_config(hf.read_config_file(where)), None
+    if hf.is_text(model):
+        example = hf.text_inputs(model, batch_size, seq_len or hf.DEFAULT_SEQ_LEN, tokenizer)
+        return model, hf.hf_source(model), None, example, tokenizer
+    return model, hf.hf_source(model), shape or hf.vision_shape(model), None, tokenizer
+
+
 def _build(spec: str, shape, trust_code: bool, progress: bool):
     """(model, source, per-sample shape or None, example inputs or None) for a model SPEC."""
     if spec.startswith("torchvision:"):
@@ -206,7 +227,12 @@ def _build(spec: str, shape, trust_code: bool, progress: bool):
 
 
 def resolve(
-    spec: str, batch_size: int = 1, input_shape: str | None = None, progress: bool = True, trust_code: bool = False
+    spec: str,
+    batch_size: int = 1,
+    input_shape: str | None = None,
+    progress: bool = True,
+    trust_code: bool = False,
+    seq_len: int | None = None,
 ) -> ResolvedModel:
     """Turn a model SPEC into a model and example inputs of the requested batch size; check they fit with
     one forward pass at that batch size (a model that only works at batch 1 fails here, not mid-run).
@@ -216,7 +242,16 @@ def resolve(
     if batch_size < 1:
         raise HwpruneError("--batch-size must be at least 1")
     shape = parse_shape(input_shape) if input_shape else None
-    model, source, shape, example = _build(spec, shape, trust_code, progress)
+    tokenizer = None
+    if spec.startswith(("hf:", "hf-config:")):
+        model, source, shape, example, tokenizer = _hf(spec, shape, batch_size, seq_len)
+    elif spec.startswith("example:") and get_example(spec.split(":", 1)[1]).pretrained_text:
+        name = spec.split(":", 1)[1]
+        model, tokenizer = get_example(name).build(), text.minilm_tokenizer()
+        example = hf.text_inputs(model.encoder, batch_size, seq_len or hf.DEFAULT_SEQ_LEN, tokenizer)
+        source = {"kind": "example", "name": name}
+    else:
+        model, source, shape, example = _build(spec, shape, trust_code, progress)
     if shape is not None:
         example = torch.randn((batch_size, *shape))
     elif example is None:
@@ -232,4 +267,4 @@ def resolve(
         raise HwpruneError(
             f"input of shape {got} (batch size {batch_size}) does not fit {spec}: {_first_line(e)}"
         ) from None
-    return ResolvedModel(model, example, source, spec)
+    return ResolvedModel(model, example, source, spec, tokenizer)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from hwprune.core.errors import HwpruneError
+from hwprune.zoo import text
 from hwprune.zoo.datasets import DATASETS, get_dataset
 from hwprune.zoo.specs import file_function
 
@@ -21,7 +22,10 @@ from hwprune.zoo.specs import file_function
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: Share of an image folder held out for the metric (at least one image).
 VAL_FRACTION = 0.1
-DATA_HELP = "a built-in set (mnist1d, digits), imagefolder:DIR, or path/to/file.py:function"
+DATA_HELP = (
+    "a built-in set (mnist1d, digits), imagefolder:DIR, path/to/file.py:function, text:PATH (a .txt file or a "
+    "folder of them, for text models), or python-docs (the English corpus that ships with Python)"
+)
 
 
 def image_folder(root: str | Path, size: int = 224, seed: int = 0):
@@ -46,14 +50,26 @@ def image_folder(root: str | Path, size: int = 224, seed: int = 0):
     return train, val
 
 
-def resolve_data(spec: str | None, sample_shape: tuple[int, ...] | None = None):
-    """The data object a `--data SPEC` names (None stays None); `sample_shape` sizes image folders."""
+def _text(spec: str, example, tokenizer, model):
+    if not isinstance(example, dict) or "input_ids" not in example:
+        raise HwpruneError(f"--data {spec}: text data needs a text model (one that takes input_ids)")
+    batch, seq_len = example["input_ids"].shape
+    sentences = text.python_docs() if spec == "python-docs" else text.read_text(spec.split(":", 1)[1])
+    return text.text_data(model, tokenizer, sentences, int(batch), int(seq_len), spec)
+
+
+def resolve_data(spec: str | None, example=None, tokenizer=None, model=None):
+    """The data object a `--data SPEC` names (None stays None). The model's example inputs size image folders
+    (their sample shape) and text batches (batch size and sequence length, with the model's tokenizer)."""
     if spec is None:
         return None
     if spec in DATASETS:
         return get_dataset(spec)
+    if spec == "python-docs" or spec.startswith("text:"):
+        return _text(spec, example, tokenizer, model)
     if spec.startswith("imagefolder:"):
-        size = sample_shape[-1] if sample_shape and len(sample_shape) == 3 else 224
+        shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
+        size = shape[-1] if shape and len(shape) == 3 else 224
         return image_folder(spec.split(":", 1)[1], size)
     if ".py:" in spec:
         fn = file_function(spec, "--data")
