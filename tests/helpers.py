@@ -20,7 +20,7 @@ def uniformly_pruned(model_fn, frac=0.5):
     scores = compute_scores(model, a, "l1")
     widths = {g.id: max(1, int(g.size * frac)) for g in a.groups}
     sizes = {g.id: g.size for g in a.groups}
-    plan = make_plan(widths, scores, sizes, a.multiples, allocator="uniform", criterion="l1")
+    plan = make_plan(widths, scores, sizes, a.multiples, units=a.units, allocator="uniform", criterion="l1")
     return model, x, plan, apply_plan(model, x, plan)
 
 

@@ -104,7 +104,15 @@ def _loss_refined(run: Run, plain, problem: Problem, analysis, scores, bn_batche
     problem.widths_value = group_sensitivity(one_shot, analysis, progress=run.progress)
     short_ft = run.data.calibration(SHORT_FINETUNE_STEPS, seed=run.cfg.seed + 1)
     probe = LossProbe(
-        run.dense, run.example, analysis, scores, bn_batches, eval_batches, run.loss_fn, train_batches=short_ft
+        run.dense,
+        run.example,
+        analysis,
+        scores,
+        bn_batches,
+        eval_batches,
+        run.loss_fn,
+        train_batches=short_ft,
+        lr=run.cfg.finetune.lr,  # the user's fine-tuning rate: a pretrained transformer wants far less than 1e-3
     )
     uniform = get_allocator("uniform")
 

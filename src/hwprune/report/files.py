@@ -7,6 +7,7 @@ from pathlib import Path
 from hwprune.core.budget import format_amount
 from hwprune.core.errors import HwpruneError
 from hwprune.export.model import atomic_directory, write_model
+from hwprune.export.pretrained import is_transformers, write_pretrained
 from hwprune.report.schema import Latency, Report
 
 
@@ -187,6 +188,18 @@ def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
+def _pretrained(result, tmp: Path) -> None:
+    """A transformers model also goes to pretrained/ (plain `from_pretrained`) when one config can hold its
+    widths; otherwise the report says why and model/ (hwprune.load) is the way to load it."""
+    if not is_transformers(result.model):
+        return
+    try:
+        write_pretrained(result.model, tmp / "pretrained")
+        result.report.notes.append("pretrained/ loads with plain transformers from_pretrained (no hwprune needed)")
+    except HwpruneError as e:
+        result.report.notes.append(f"no pretrained/ directory: {e}")
+
+
 def write_outputs(out: str | Path, result, overwrite: bool = False) -> Path:
     """model/, plan.json, report.json, report.md: written to a temporary sibling, then renamed into place.
 
@@ -203,6 +216,7 @@ def write_outputs(out: str | Path, result, overwrite: bool = False) -> Path:
             {"input_shape": shape[1:] if shape else None, "plan": "../plan.json"},
         )
         result.plan.save(tmp / "plan.json")
+        _pretrained(result, tmp)
         (tmp / "report.json").write_text(result.report.to_json())
         (tmp / "report.md").write_text(markdown(result.report))
     return out
