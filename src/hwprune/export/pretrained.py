@@ -68,7 +68,9 @@ def pruned_config(model: nn.Module):
         config.intermediate_size = _one(_widths_of(model, dense, ffn), "FFN widths") or ffn
     hidden = getattr(config, "hidden_size", None)
     norms = {
-        m.weight.shape[0] for m in model.modules() if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None
+        m.weight.shape[0]
+        for m in model.modules()
+        if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None
     }
     if isinstance(hidden, int) and norms and hidden not in norms:
         config.hidden_size = _one(norms, "hidden widths")

@@ -16,7 +16,6 @@ for that re-estimation. The channels kept at a width are always the criterion's 
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable
 
 import numpy as np

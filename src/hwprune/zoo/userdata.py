@@ -54,7 +54,7 @@ def _text(spec: str, example, tokenizer, model):
     if not isinstance(example, dict) or "input_ids" not in example:
         raise HwpruneError(f"--data {spec}: text data needs a text model (one that takes input_ids)")
     batch, seq_len = example["input_ids"].shape
-    sentences = text.python_docs() if spec == "python-docs" else text.read_text(spec.split(":", 1)[1])
+    sentences = text.python_docs_split() if spec == "python-docs" else text.read_text(spec.split(":", 1)[1])
     return text.text_data(model, tokenizer, sentences, int(batch), int(seq_len), spec)
 
 
