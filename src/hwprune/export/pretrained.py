@@ -41,7 +41,9 @@ def _dense_twin(model: nn.Module, config) -> nn.Module:
 
 
 def _widths_of(model: nn.Module, dense: nn.Module, size: int) -> set[int]:
-    """Current out-features of the Linears that are `size` wide (out) in the dense build."""
+    """Current out-features of the Linears that are `size` wide (out) in the dense build. Matched by the dense
+    width alone: a model whose vocabulary or head count equals its FFN width would be misread (and then
+    refused by `check_rebuilds`, never written wrong)."""
     have = dict(model.named_modules())
     return {
         have[n].out_features
@@ -79,7 +81,17 @@ def pruned_config(model: nn.Module):
 
 def check_rebuilds(model: nn.Module, config) -> None:
     """Building the model's class from `config` gives every parameter the pruned model's shape."""
-    twin = _dense_twin(model, config)
+    try:
+        validate = getattr(config, "validate", None)  # transformers 5's own checks (Llama: hidden % heads == 0)
+        if callable(validate):
+            validate()
+        twin = _dense_twin(model, config)
+    except Exception as e:  # transformers raises ValueError or its strict-dataclass validation errors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise HwpruneError(
+            f"transformers refuses the pruned {config.model_type} config ({first}): save with hwprune.save and "
+            "load with hwprune.load, or keep the hidden size (--ignore with the embedding's name)"
+        ) from None
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k, v in twin.state_dict().items():
         if k in want and tuple(v.shape) != want[k]:

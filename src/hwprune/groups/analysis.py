@@ -10,6 +10,7 @@ width to another (or is fixed).
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -310,6 +311,14 @@ def _head_group(att: Attention, modules: dict, layers: dict, min_keep: float) ->
     return PruneGroup(att.q, size, candidate_widths(size, min_keep, multiple=att.unit), members, unit=att.unit)
 
 
+def _without(groups: list[PruneGroup], tp_groups: dict, layers: dict, ids: set[str]):
+    """The groups and torch-pruning groups less `ids`; layers that read or wrote those keep their widths."""
+    for la in layers.values():
+        la.in_group = None if la.in_group in ids else la.in_group
+        la.out_group = None if la.out_group in ids else la.out_group
+    return [g for g in groups if g.id not in ids], {k: v for k, v in tp_groups.items() if k not in ids}
+
+
 def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     names = {m: n for n, m in model.named_modules()}
     order: list[nn.Module] = []
@@ -326,7 +335,11 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     if not order:
         raise HwpruneError("the model has no Conv/Linear layer that runs on the example input; nothing to prune")
     output_layer = order[-1]
-    ignored_mods = [output_layer] + [m for m in model.modules() if names.get(m) in set(ignored or [])]
+    patterns = list(ignored or [])
+    kept = {n for n in names.values() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    if patterns and not kept:
+        raise HwpruneError(f"--ignore {','.join(patterns)}: no module of the model has that name (see named_modules())")
+    ignored_mods = [output_layer] + [m for m in model.modules() if names.get(m) in kept]
     for m in order:
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels != m.out_channels:
             ignored_mods.append(m)  # depthwise with a channel multiplier: not a plain width
@@ -351,15 +364,15 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
         if modules[q] not in ignored_mods:
             groups.append(_head_group(att, modules, layers, min_keep))
             tp_groups[q] = HeadGroup(att, modules, graph)
+    # a group that touches an ignored module (on either side) keeps its width
+    groups, tp_groups = _without(
+        groups, tp_groups, layers, {g.id for g in groups if any(n in kept for n, _ in g.members)}
+    )
     position = {names[m]: i for i, m in enumerate(order)}
     groups.sort(key=lambda g: position.get(g.id, len(position)))
     if probe:
         bad = unsafe_groups(model, example_inputs, [g.id for g in groups], {g.id: (g.multiple, g.unit) for g in groups})
-        groups = [g for g in groups if g.id not in bad]
-        tp_groups = {k: v for k, v in tp_groups.items() if k not in bad}
-        for la in layers.values():
-            la.in_group = None if la.in_group in bad else la.in_group
-            la.out_group = None if la.out_group in bad else la.out_group
+        groups, tp_groups = _without(groups, tp_groups, layers, bad)
     if not groups:
         raise HwpruneError("no prunable channel group found in the model (only its output layer is prunable?)")
     return GroupAnalysis(graph, groups, list(layers.values()), names[output_layer], tp_groups)

@@ -170,7 +170,8 @@ def budget_method(run: Run) -> Outcome:
     cfg, lp = run.cfg, run.cfg.loop
     latency_budget = next((b for b in run.budgets if b.kind == "latency"), None)
     t0 = time.perf_counter()
-    analysis = analyze(run.dense, run.example, lp.min_keep)
+    ignored = [p.strip() for p in (lp.ignore or "").split(",") if p.strip()]
+    analysis = analyze(run.dense, run.example, lp.min_keep, ignored=ignored)
     calib = run.calibration(2 * lp.calib_batches if run.data is not None else lp.calib_batches, cfg.seed)
     # With data: the first half re-estimates BN statistics and scores channels; the disjoint second half
     # measures the losses that steer the allocation. A user's loader may hold fewer batches than asked for:

@@ -64,6 +64,11 @@ class LoopConfig:
         f"(default {TRUST} when fine-tuning, else 0: anywhere; 1 is the uniform plan)",
     )
     min_keep: float = option(0.1, "never keep less than this fraction of a group")
+    ignore: str | None = option(
+        None,
+        "comma-separated module names or patterns (fnmatch) to leave dense: every group touching one keeps its "
+        "width (e.g. model.embed_tokens keeps a transformer's hidden size)",
+    )
     max_iters: int = option(8, "closed-loop iterations (allocate, measure, correct)")
     calib_batches: int = option(8, "calibration batches (scores, BatchNorm statistics, loss probes)")
 
