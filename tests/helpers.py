@@ -79,3 +79,21 @@ def synthetic_problem(model_fn, seed=0, scale=None):
     rng = np.random.default_rng(seed)
     scores = {g.id: rng.random(g.size) + 0.1 for g in analysis.groups}
     return Problem(cost, {g.id: g.candidates for g in analysis.groups}, scores)
+
+
+def tiny_llama(kv_heads: int = 2):
+    """A 2-layer Llama with grouped-query attention (4 query heads of 16, `kv_heads` KV heads), seeded."""
+    import transformers  # noqa: PLC0415  (tests that use it importorskip transformers first)
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        intermediate_size=96,
+        vocab_size=100,
+        head_dim=16,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()

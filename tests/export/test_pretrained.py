@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 from hwprune.apply.channels import apply_plan
 from hwprune.core.errors import HwpruneError
@@ -16,21 +17,6 @@ from hwprune.zoo.specs import load_saved
 transformers = pytest.importorskip("transformers")
 
 IDS = {"input_ids": torch.randint(5, 100, (2, 8), generator=torch.Generator().manual_seed(0))}
-
-
-def llama():
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        vocab_size=100,
-        head_dim=16,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def vit():
@@ -61,7 +47,7 @@ def out(model, x):
         return (model(**x) if isinstance(x, dict) else model(x)).logits
 
 
-@pytest.mark.parametrize(("build", "x"), [(llama, IDS), (vit, torch.randn(2, 3, 32, 32))])
+@pytest.mark.parametrize(("build", "x"), [(tiny_llama, IDS), (vit, torch.randn(2, 3, 32, 32))])
 def test_uniform_plan_reloads_with_plain_from_pretrained(tmp_path, build, x):
     model = build()
     small = pruned(model, x, lambda g: 0.5)
@@ -73,7 +59,7 @@ def test_uniform_plan_reloads_with_plain_from_pretrained(tmp_path, build, x):
 
 
 def test_per_layer_widths_are_refused_for_save_pretrained_and_load_through_hwprune(tmp_path):
-    model = llama()
+    model = tiny_llama()
     small = pruned(model, IDS, lambda g: 0.5 if g.id.startswith("model.layers.0") else 1.0)
     with pytest.raises(HwpruneError, match="different head counts"):
         save_pretrained(small, tmp_path / "hf")

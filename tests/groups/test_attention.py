@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_llama
 
 from hwprune.apply.channels import apply_plan
 from hwprune.core.errors import HwpruneError
@@ -13,21 +14,6 @@ from hwprune.plan.plan import GroupPlan, Plan, make_plan
 transformers = pytest.importorskip("transformers")
 
 IDS = {"input_ids": torch.randint(5, 100, (2, 8), generator=torch.Generator().manual_seed(0))}
-
-
-def tiny_llama(kv=2):
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv,
-        intermediate_size=96,
-        vocab_size=100,
-        head_dim=16,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def tiny_bert():
