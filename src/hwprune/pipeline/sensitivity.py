@@ -38,8 +38,9 @@ POINTS = 6
 #: pass over the held-out batches: ~0.2 s for the demo model on 2 cores).
 MAX_EVALS = 60
 #: Wall-clock the local search may spend (seconds). A probe is a short fine-tune: ~0.1 s on the demo's CNN
-#: (60 probes in 6 s), ~15 s on all-MiniLM-L6-v2 at 8 x 128 tokens on this 2-core VM, where 60 probes would
-#: take 15 minutes for each allocation of the closed loop. The number of probes follows the measured cost.
+#: (60 probes in 6 s), 6 s or more on all-MiniLM-L6-v2 at 8 x 128 tokens on this 2-core VM (20 steps at the
+#: 3.3 steps/s its fine-tuning ran here), where an allocation of the closed loop ran for over 5 minutes
+#: unbounded before it was stopped. The number of probes follows the measured cost.
 REFINE_SECONDS = 90.0
 #: A move must lower the loss by this fraction to count (below it, differences are sampling noise).
 MIN_GAIN = 2e-3
