@@ -101,12 +101,7 @@ def check_rebuilds(model: nn.Module, config) -> None:
             )
 
 
-def write_pretrained(model: nn.Module, directory: Path) -> None:
-    """`model.save_pretrained(directory)` with the pruned widths in its config (checked to rebuild it first)."""
-    if not is_transformers(model):
-        raise HwpruneError(f"save_pretrained needs a transformers model, got {type(model).__name__}")
-    config = pruned_config(model)
-    check_rebuilds(model, config)
+def _write(model: nn.Module, config, directory: Path) -> None:
     original = model.config
     model.config = config
     try:
@@ -115,13 +110,24 @@ def write_pretrained(model: nn.Module, directory: Path) -> None:
         model.config = original
 
 
+def _checked_config(model: nn.Module):
+    if not is_transformers(model):
+        raise HwpruneError(f"save_pretrained needs a transformers model, got {type(model).__name__}")
+    config = pruned_config(model)
+    check_rebuilds(model, config)
+    return config
+
+
+def write_pretrained(model: nn.Module, directory: Path) -> None:
+    """`model.save_pretrained(directory)` with the pruned widths in its config (checked to rebuild it first)."""
+    _write(model, _checked_config(model), directory)
+
+
 def save_pretrained(model: nn.Module, directory: str | Path, overwrite: bool = False) -> Path:
     """Write `model` (a pruned transformers model) with `save_pretrained`, its config set to the pruned
     widths; the directory loads with plain `<Class>.from_pretrained`. Written whole or not at all."""
-    if not is_transformers(model):
-        raise HwpruneError(f"save_pretrained needs a transformers model, got {type(model).__name__}")
-    pruned_config(model)  # refuses per-layer widths before anything is written
+    config = _checked_config(model)  # refuses per-layer widths before anything is written
     refuse_existing(directory, overwrite)
     with atomic_directory(directory) as tmp:
-        write_pretrained(model, tmp)
+        _write(model, config, tmp)
     return Path(directory)

@@ -143,7 +143,8 @@ def cut_heads(model: nn.Module, att: Attention, drop: list[int]) -> None:
     """Remove query channels `drop` (whole units) with their key/value rows and output columns, in place."""
     modules = dict(model.named_modules())
     q, k, v, o = (modules[n] for n in (att.q, att.k, att.v, att.o))
-    keep = [c for c in range(q.out_features) if c not in set(drop)]
+    dropped = set(drop)
+    keep = [c for c in range(q.out_features) if c not in dropped]
     kv_keep = set(att.kv_channels(keep))
     kv_drop = [c for c in range(k.out_features) if c not in kv_keep]
     tp.prune_linear_out_channels(q, drop)
