@@ -83,3 +83,9 @@ def test_text_file_data_needs_a_text_model(tmp_path):
     (tmp_path / "t.txt").write_text("One sentence here. Another one there.")
     with pytest.raises(HwpruneError, match="needs a text model"):
         resolve_data(f"text:{tmp_path / 't.txt'}", torch.randn(1, 3))
+
+
+def test_seq_len_zero_is_refused_not_taken_for_the_default(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps(BERT))
+    with pytest.raises(HwpruneError, match="--seq-len must be at least 1"):
+        resolve(f"hf-config:{tmp_path / 'c.json'}", seq_len=0)

@@ -110,9 +110,12 @@ def is_text(model: nn.Module) -> bool:
     return getattr(config, "vocab_size", None) is not None and getattr(model, "main_input_name", "") == "input_ids"
 
 
-def text_inputs(model: nn.Module, batch_size: int, seq_len: int, tokenizer=None) -> dict[str, torch.Tensor]:
-    """Example inputs of a text model: the tokenizer's encoding of a sentence padded to `seq_len` (every
-    position real, as in a full batch), or random ids in the vocabulary."""
+def text_inputs(
+    model: nn.Module, batch_size: int, seq_len: int | None = None, tokenizer=None
+) -> dict[str, torch.Tensor]:
+    """Example inputs of a text model: `seq_len` (default DEFAULT_SEQ_LEN) random ids in the vocabulary,
+    every position attended, between the tokenizer's CLS and SEP when it has them."""
+    seq_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
     if seq_len < 1:
         raise HwpruneError("--seq-len must be at least 1")
     vocab = int(model.config.vocab_size)

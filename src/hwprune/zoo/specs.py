@@ -192,7 +192,7 @@ def _hf(spec: str, shape, batch_size: int, seq_len: int | None):
     else:
         model, tokenizer = hf.from_config(hf.read_config_file(where)), None
     if hf.is_text(model):
-        example = hf.text_inputs(model, batch_size, seq_len or hf.DEFAULT_SEQ_LEN, tokenizer)
+        example = hf.text_inputs(model, batch_size, seq_len, tokenizer)
         return model, hf.hf_source(model), None, example, tokenizer
     return model, hf.hf_source(model), shape or hf.vision_shape(model), None, tokenizer
 
@@ -248,7 +248,7 @@ def resolve(
     elif spec.startswith("example:") and get_example(spec.split(":", 1)[1]).pretrained_text:
         name = spec.split(":", 1)[1]
         model, tokenizer = get_example(name).build(), text.minilm_tokenizer()
-        example = hf.text_inputs(model.encoder, batch_size, seq_len or hf.DEFAULT_SEQ_LEN, tokenizer)
+        example = hf.text_inputs(model.encoder, batch_size, seq_len, tokenizer)
         source = {"kind": "example", "name": name}
     else:
         model, source, shape, example = _build(spec, shape, trust_code, progress)
