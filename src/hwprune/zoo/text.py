@@ -1,9 +1,11 @@
 """Text: the `example:minilm` sentence encoder, an offline English corpus, and text data (`--data text:PATH`).
 
-The corpus is the English prose of Python's own documentation, which every CPython installation ships as
+The corpus is the English prose of Python's own documentation, which every CPython installation ships:
 the standard library package `pydoc_data` (`pydoc_data.topics`, ~465 k characters of the language
-reference): no download, the same on every machine with the same Python. Sentences are split on end
-punctuation and kept when they read as prose (8-40 words, no code characters).
+reference) and the docstrings of the standard library's own modules (~1.7 M characters, read from the
+source with `ast`, so no module is imported). No download, the same on every machine with the same Python.
+Sentences are split on end punctuation and kept when they read as prose (8-40 words, no code characters).
+The held-out sentences come from `pydoc_data` only; the docstrings are training text.
 
 A sentence encoder without a head has no labels to score against; its data's targets are the dense
 model's own embeddings, the loss is cosine distance to them and the metric their mean cosine similarity
@@ -12,8 +14,10 @@ model's own embeddings, the loss is cosine distance to them and the metric their
 
 from __future__ import annotations
 
+import ast
 import random
 import re
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -92,6 +96,24 @@ def _pydoc_text() -> str:
     return " ".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
 
 
+def _stdlib_docstrings() -> str:
+    """Module, class and function docstrings of the standard library's sources (tests and IDLE left out),
+    parsed, never imported."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib"}
+    docs = []
+    for f in sorted(root.rglob("*.py")):
+        if skip.intersection(f.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+            continue
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        docs.extend(d for node in ast.walk(tree) if isinstance(node, kinds) and (d := ast.get_docstring(node)))
+    return "\n\n".join(docs)
+
+
 def python_docs() -> list[str]:
     """The corpus: prose sentences of the Python documentation shipped in `pydoc_data`."""
     return sentences_of(_pydoc_text())
@@ -99,13 +121,14 @@ def python_docs() -> list[str]:
 
 def python_docs_split() -> tuple[list[str], list[str]]:
     """(train, held-out) of the corpus. Held out: `split(python_docs())`'s prose sentences. Train: every other
-    sentence-like chunk of the same text (4-60 words, code examples included, ~2900 of them): a distilled
-    encoder learns from any text the dense one embeds, and the prose alone (~400 sentences) left the
-    distilled MiniLM at 0.88 mean cosine against 0.93+ with the whole text (measured 2026-12-02)."""
+    sentence-like chunk (4-60 words, code examples included) of `pydoc_data` and of the standard library's
+    docstrings, ~20 k of them: a distilled encoder learns from any text the dense one embeds. Measured on
+    MiniLM at latency 0.6 (2026-12-02): the 400 prose sentences alone distilled to 0.88 held-out mean
+    cosine, `pydoc_data`'s 2900 chunks to 0.918 (see benchmarks/results/transformers.md for the rest)."""
     _, held_out = split(python_docs())
     skip = set(held_out)
     chunks, seen = [], set()
-    for para in re.split(r"\n\s*\n", _pydoc_text()):
+    for para in re.split(r"\n\s*\n", _pydoc_text() + "\n\n" + _stdlib_docstrings()):
         for c in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", para).strip()):
             if 4 <= len(c.split()) <= 60 and c not in skip and c not in seen:
                 seen.add(c)
@@ -143,13 +166,16 @@ def split(sentences: list[str]) -> tuple[list[str], list[str]]:
     return order[n_test:], order[:n_test]
 
 
-def encode(tokenizer, sentences: list[str], batch_size: int, seq_len: int) -> list[dict]:
-    """Token batches padded (and cut) to `seq_len`, as the latency was measured."""
+def encode(tokenizer, sentences: list[str], batch_size: int, seq_len: int, padding: str = "longest") -> list[dict]:
+    """Token batches cut to `seq_len` and padded to their longest sentence (`padding="max_length"`: to
+    `seq_len`, the shape the latency is measured at). Padding is masked out of attention and pooling, so
+    it does not change an embedding, and training on python-docs' ~25-token sentences padded only to the
+    batch's longest runs several times faster than at 128."""
     out = []
     for i in range(0, len(sentences), batch_size):
         enc = tokenizer(
             sentences[i : i + batch_size],
-            padding="max_length",
+            padding=padding,
             truncation=True,
             max_length=seq_len,
             return_tensors="pt",
