@@ -178,11 +178,11 @@ def test_method_errors_are_one_line(tmp_path, tiny_file, capsys, args, msg):
 
 
 def test_weight_level_runs_without_data_and_sparsity_implies_ratio(tmp_path, tiny_file):
-    # A magnitude criterion needs no data; --sparsity alone picks the ratio rule.
+    # The default criterion (l2, a magnitude) needs no data; --sparsity alone picks the ratio rule.
     argv = ["prune", "--target", "analytic-test", "--model", f"{tiny_file}:digits_resnet", "--out", str(tmp_path / "o")]
     assert main(argv + ["--granularity", "unstructured", "--sparsity", "0.5", "--quiet"]) in (0, 1)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert report["settings"]["method"]["selection"] == "ratio" and report["settings"]["criterion"] == "l1"
+    assert report["settings"]["method"]["selection"] == "ratio" and report["settings"]["criterion"] == "l2"
     assert report["method"]["rounds"][-1]["actual"] == pytest.approx(0.5, abs=0.02)
 
 

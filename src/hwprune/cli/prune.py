@@ -176,7 +176,6 @@ def cmd_demo(a: argparse.Namespace) -> int:
         out=a.out,
         recipe=None,
         budget="latency=0.5",
-        criterion="taylor",
         finetune_epochs=DEMO_FINETUNE_EPOCHS,
     )
     print(f"hwprune demo: MNIST-1D, 1-D CNN, batch {DEMO_BATCH}, budget 50% of dense latency on this CPU")

@@ -30,7 +30,7 @@ def option(default, help: str, flag: str | None = None, metavar: str | None = No
 class MethodConfig:
     """What is removed (granularity), by which score (criterion), chosen how (selection) and when (schedule)."""
 
-    criterion: str | None = option(None, "importance criterion (default: taylor with data, else l1): {criteria}")
+    criterion: str | None = option(None, "importance criterion (default: l2, squared magnitude): {criteria}")
     criterion_params: dict | None = option(
         None, "a criterion parameter, e.g. lambda=0.5 for redundancy (repeatable)", "--criterion-param", "KEY=VALUE"
     )
