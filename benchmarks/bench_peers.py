@@ -224,28 +224,19 @@ def one_config(task: Task, dense, budget: float, seed: int, timer: Timer, log, c
     x, y = data.x_test, data.y_test
     rows = []
 
+    def base(method, question) -> dict:
+        return dict(task=task.name, budget=budget, seed=seed, method=method, question=question)
+
     def add(method, question, model, oneshot, extra=None):
-        rows.append(
-            dict(
-                task=task.name,
-                budget=budget,
-                seed=seed,
-                method=method,
-                question=question,
-                oneshot=oneshot,
-                macs=macs(model, example) / macs(dense, example),
-                widths=widths(model),
-                _model=model,
-                **(extra or {}),
-            )
-        )
+        figures = dict(oneshot=oneshot, macs=macs(model, example) / macs(dense, example), widths=widths(model))
+        rows.append({**base(method, question), **figures, "_model": model, **(extra or {})})
 
     for alloc in ("hw", "uniform"):
         t0 = time.perf_counter()
         try:
             m, oneshot = hw_run(dense, example, data, budget, alloc, task, seed, criterion)
         except HwpruneError as e:
-            rows.append(dict(task=task.name, budget=budget, seed=seed, method=alloc, question="both", failed=str(e)))
+            rows.append({**base(alloc, "both"), "failed": str(e)})
             continue
         add(alloc, "both", m, oneshot)
         rows[-1]["accuracy"] = accuracy(m, x, y)
@@ -261,16 +252,7 @@ def one_config(task: Task, dense, budget: float, seed: int, timer: Timer, log, c
             try:
                 r, m = tp_matched(dense, example, method, calib, figure, goal)
             except Exception as e:  # a peer's failure is a row of the table, not the end of the benchmark
-                rows.append(
-                    dict(
-                        task=task.name,
-                        budget=budget,
-                        seed=seed,
-                        method=method,
-                        question=question,
-                        failed=f"{type(e).__name__}: {e}",
-                    )
-                )
+                rows.append({**base(method, question), "failed": f"{type(e).__name__}: {e}"})
                 continue
             oneshot = accuracy(m, x, y)
             m = finetune(m, dense, data, task, seed)
