@@ -38,8 +38,6 @@ class Dataset:
     num_classes: int
     description: str
 
-    labeled = True
-
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
@@ -145,7 +143,7 @@ class LoaderData:
             )
         if self.val is not None and next(iter(self.val), None) is None:
             raise HwpruneError(f"the validation data (a {type(val).__name__}) yielded no batch: pass at least one")
-        self.labeled = split_batch(first)[1] is not None
+        split_batch(first)  # a batch that is neither inputs nor (inputs, targets) fails here, in one line
         self.num_classes = None
         self.description = description or (
             f"{type(train).__name__} of the caller"

@@ -101,6 +101,7 @@ def _stdlib_docstrings() -> str:
     parsed, never imported."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idlelib"}
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
     docs = []
     for f in sorted(root.rglob("*.py")):
         if skip.intersection(f.relative_to(root).parts):
@@ -109,7 +110,6 @@ def _stdlib_docstrings() -> str:
             tree = ast.parse(f.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
             continue
-        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
         docs.extend(d for node in ast.walk(tree) if isinstance(node, kinds) and (d := ast.get_docstring(node)))
     return "\n\n".join(docs)
 
@@ -166,16 +166,16 @@ def split(sentences: list[str]) -> tuple[list[str], list[str]]:
     return order[n_test:], order[:n_test]
 
 
-def encode(tokenizer, sentences: list[str], batch_size: int, seq_len: int, padding: str = "longest") -> list[dict]:
-    """Token batches cut to `seq_len` and padded to their longest sentence (`padding="max_length"`: to
-    `seq_len`, the shape the latency is measured at). Padding is masked out of attention and pooling, so
-    it does not change an embedding, and training on python-docs' ~25-token sentences padded only to the
-    batch's longest runs several times faster than at 128."""
+def encode(tokenizer, sentences: list[str], batch_size: int, seq_len: int) -> list[dict]:
+    """Token batches cut to `seq_len` and padded to their longest sentence, not to `seq_len` (the shape the
+    latency is measured at, `hf.text_inputs`). Padding is masked out of attention and pooling, so it does
+    not change an embedding, and training on python-docs' ~25-token sentences padded only to the batch's
+    longest runs several times faster than at 128."""
     out = []
     for i in range(0, len(sentences), batch_size):
         enc = tokenizer(
             sentences[i : i + batch_size],
-            padding=padding,
+            padding="longest",
             truncation=True,
             max_length=seq_len,
             return_tensors="pt",
