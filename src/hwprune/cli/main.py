@@ -10,9 +10,11 @@ import threading
 import traceback
 
 from hwprune import __version__
+from hwprune.cli.export import cmd_export, export_args
 from hwprune.cli.outputs import resolve_checked
 from hwprune.cli.profile import DEFAULT_BATCH, DEFAULT_MODEL, build_profile, calibration_layers
 from hwprune.cli.prune import SHARED, add_config_options, add_model_args, cmd_demo, cmd_prune, prune_args
+from hwprune.cli.serve import cmd_serve, serve_args
 from hwprune.core.errors import HwpruneError
 from hwprune.evaluate.validate import validate
 from hwprune.hardware.sim import calibrate, load_spec, save_spec
@@ -273,6 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model to a budget on a target, or by any method (see `methods`)")
     prune_args(p)
     p.set_defaults(fn=cmd_prune)
+    p = sub.add_parser(
+        "export", help="write a saved model as a deployable file (ONNX fp32/fp16/int8, or .pt2), parity checked"
+    )
+    export_args(p)
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser(
+        "serve", help="on a device: time what `--target remote:HOST:PORT/ort` sends (token: HWPRUNE_TOKEN)"
+    )
+    serve_args(p)
+    p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("bench", help="measure a model's latency on a target (default: this CPU)")
     add_model_args(p)
     add_config_options(p, only=SHARED)

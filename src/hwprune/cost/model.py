@@ -287,15 +287,9 @@ class CostModel:
             c_in, c_out = self._widths_of(la, widths)
             shape = list(la.input_shape)
             conv = la.kind.startswith("conv")
-            axis = 1 if conv else -1
-            for i, n in enumerate(free):
-                if n.is_conv != conv or len(n.input_shape) != len(shape):
-                    continue
-                ins = list(n.input_shape)
-                if not (_same_width(c_in, ins[axis], conv) and _same_width(c_out, n.output_shape[axis], conv)):
-                    continue
-                ins[axis] = shape[axis]
-                if tuple(ins) != tuple(shape):
+            for i, node in enumerate(free):
+                n = next((c for c in _layouts(node) if _matches(c, shape, c_in, c_out, conv)), None)
+                if n is None:
                     continue
                 table = self.base_curves[la.name](c_in, c_out)
                 if table > 0:
@@ -467,3 +461,20 @@ def calibration_plans(analysis: GroupAnalysis) -> list[dict[str, int]]:
     half = len(ordered) // 2
     plans.append({g.id: (early if i < half else late)[g.id] for i, g in enumerate(ordered)})
     return plans
+
+
+def _layouts(node) -> list:
+    """The kernel as profiled, and for a conv also read as channels-last (int8 graphs run NHWC in ORT)."""
+    return [node, node.channels_first()] if node.is_conv and hasattr(node, "channels_first") else [node]
+
+
+def _matches(n, shape, c_in: int, c_out: int, conv: bool) -> bool:
+    """Kernel `n` runs a layer of input `shape` at widths c_in -> c_out (channels maybe padded, CHANNEL_BLOCKS)."""
+    if n.is_conv != conv or len(n.input_shape) != len(shape):
+        return False
+    axis = 1 if conv else -1
+    ins = list(n.input_shape)
+    if not (_same_width(c_in, ins[axis], conv) and _same_width(c_out, n.output_shape[axis], conv)):
+        return False
+    ins[axis] = shape[axis]
+    return tuple(ins) == tuple(shape)

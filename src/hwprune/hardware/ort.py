@@ -27,6 +27,7 @@ import torch.nn as nn
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import eval_mode
 from hwprune.hardware.fingerprint import fingerprint, timing_mode
+from hwprune.hardware.quant import graph_inputs, quantize_graph
 from hwprune.hardware.targets import CpuTarget, register_target
 from hwprune.hardware.timing import Timing, time_interleaved
 
@@ -53,7 +54,7 @@ def _input_names(inputs) -> list[str]:
     return [f"input_{i}" for i in range(n)]
 
 
-def _input_arrays(inputs) -> dict[str, np.ndarray]:
+def input_arrays(inputs) -> dict[str, np.ndarray]:
     """The inputs as numpy arrays by ONNX input name, converted once (outside every timed region)."""
     args, kwargs = _as_args(inputs)
     values = list(kwargs.values()) if kwargs else list(args)
@@ -62,7 +63,21 @@ def _input_arrays(inputs) -> dict[str, np.ndarray]:
     }
 
 
-def _export(model: nn.Module, inputs, f) -> None:
+def dynamic_axes(inputs) -> dict[str, dict[int, str]]:
+    """Batch (axis 0) dynamic on every input, and the sequence (axis 1) on integer inputs of two or more
+    dimensions (token ids and masks of a text model), so the exported graph runs at any batch / length."""
+    args, kwargs = _as_args(inputs)
+    values = list(kwargs.values()) if kwargs else list(args)
+    axes = {}
+    for name, v in zip(_input_names(inputs), values, strict=True):
+        ax = {0: "batch"}
+        if v.dim() >= 2 and not v.is_floating_point():
+            ax[1] = "sequence"
+        axes[name] = ax
+    return axes
+
+
+def _export(model: nn.Module, inputs, f, dynamic: bool = False) -> None:
     args, kwargs = _as_args(inputs)
     try:
         with eval_mode(model), warnings.catch_warnings():
@@ -75,6 +90,7 @@ def _export(model: nn.Module, inputs, f) -> None:
                 f,
                 kwargs=kwargs or None,
                 input_names=_input_names(inputs),
+                dynamic_axes=dynamic_axes(inputs) if dynamic else None,
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -89,30 +105,35 @@ def _export(model: nn.Module, inputs, f) -> None:
         ) from None
 
 
-def onnx_bytes(model: nn.Module, inputs) -> bytes:
-    """The model as a serialized ONNX graph (opset OPSET), traced on `inputs`; HwpruneError if it cannot be."""
+def onnx_bytes(model: nn.Module, inputs, dynamic: bool = False) -> bytes:
+    """The model as a serialized ONNX graph (opset OPSET), traced on `inputs`; HwpruneError if it cannot be.
+
+    `dynamic`: batch (and a text model's sequence length) are dynamic axes (`dynamic_axes`); else every
+    shape is fixed to those of `inputs`, as latency is measured on them.
+    """
     f = io.BytesIO()
-    _export(model, inputs, f)
+    _export(model, inputs, f, dynamic)
     return f.getvalue()
 
 
-def export_onnx(model: nn.Module, inputs, path: str | Path) -> Path:
-    """Write `model` (e.g. a pruned one) as an ONNX file for deployment in ONNX Runtime.
-
-    The file appears whole or not at all (written to a temporary sibling, then renamed). The input
-    shapes are fixed to those of `inputs`, as the latency was measured on them.
-    """
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` whole or not at all (a temporary sibling, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     try:
-        _export(model, inputs, tmp)
+        Path(tmp).write_bytes(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def export_onnx(model: nn.Module, inputs, path: str | Path, dynamic: bool = False) -> Path:
+    """Write `model` (e.g. a pruned one) as an ONNX file for deployment in ONNX Runtime, atomically."""
+    return write_atomic(path, onnx_bytes(model, inputs, dynamic))
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -129,21 +150,34 @@ def session_options(threads: int) -> ort.SessionOptions:
     return so
 
 
-class _Runner:
-    """One ORT session with its inputs bound as numpy arrays: calling it runs the model once."""
+def timing_graph(model: nn.Module, inputs, quantize: str | None = None) -> bytes:
+    """`model` as the graph a target times: fixed shapes, quantized when the target is int8."""
+    graph = onnx_bytes(model, inputs)
+    if quantize:
+        # Calibrated on the inputs timed: int8 kernel times do not depend on the activation ranges.
+        arrays = input_arrays(inputs)
+        graph = quantize_graph(graph, quantize, [{n: arrays[n] for n in graph_inputs(graph)}])
+    return graph
 
-    def __init__(self, model: nn.Module, inputs, threads: int, options: ort.SessionOptions | None = None):
-        graph = onnx_bytes(model, inputs)
+
+class _Runner:
+    """One ORT session with its inputs bound as numpy arrays: calling it runs the graph once."""
+
+    def __init__(self, graph: bytes, inputs, threads: int, options: ort.SessionOptions | None = None, what=""):
         try:
             self.session = ort.InferenceSession(graph, options or session_options(threads), providers=[PROVIDER])
         except Exception as e:
             raise HwpruneError(
-                f"ONNX Runtime cannot load the exported {type(model).__name__} "
+                f"ONNX Runtime cannot load the exported {what or 'graph'} "
                 f"({type(e).__name__}: {str(e).strip()[:200]}); use --target cpu for this model"
             ) from None
-        arrays = _input_arrays(inputs)
+        arrays = input_arrays(inputs)
         # Constant folding can drop an input the graph never reads; feed only those the session declares.
         self.feed = {i.name: arrays[i.name] for i in self.session.get_inputs()}
+
+    @classmethod
+    def of(cls, model: nn.Module, inputs, threads: int, options=None, quantize: str | None = None) -> _Runner:
+        return cls(timing_graph(model, inputs, quantize), inputs, threads, options, type(model).__name__)
 
     def __call__(self):
         return self.session.run(None, self.feed)
@@ -162,11 +196,15 @@ class OrtCpuTarget(CpuTarget):
     """
 
     description = "this machine's CPU, ONNX Runtime (CPU EP, all graph optimisations), float32, fixed threads"
+    #: int8 quantization of every graph timed (hardware.quant.MODES), None for float32.
+    quantize: str | None = None
+    dtype = "float32"
 
     def fingerprint(self) -> dict:
         return {
             **fingerprint(
                 self.threads,
+                dtype=self.dtype,
                 runtime=f"onnxruntime {ort.__version__}",
                 timing=timing_mode(self.table_protocol, self.model_protocol),
             ),
@@ -178,11 +216,11 @@ class OrtCpuTarget(CpuTarget):
 
     def runner(self, model: nn.Module, inputs) -> _Runner:
         """`model` exported to an ORT session with `inputs` bound: calling it runs the session once."""
-        return _Runner(model, inputs, self.threads)
+        return _Runner.of(model, inputs, self.threads, quantize=self.quantize)
 
     def in_graph_times(self, model: nn.Module, inputs) -> list[NodeTime]:
         """Conv/linear kernels of `model` timed inside its whole ORT graph (see `in_graph_times`)."""
-        return in_graph_times(model, inputs, self.threads)
+        return in_graph_times(model, inputs, self.threads, quantize=self.quantize)
 
     def time_models(self, models: Sequence[nn.Module], inputs, final: bool = False) -> list[Timing]:
         """Interleaved timing of several models' ORT sessions on the same inputs (A B A B ...).
@@ -197,6 +235,10 @@ class OrtCpuTarget(CpuTarget):
                 runners[key] = self.runner(m, inputs)
             fns.append(runners[key])
         return time_interleaved(fns, self.protocol(final))
+
+    def time_graphs(self, graphs: Sequence[bytes], inputs, final: bool = False) -> list[Timing]:
+        """Interleaved timing of serialized ONNX graphs (e.g. the files deployed) on the same inputs."""
+        return time_interleaved([_Runner(g, inputs, self.threads) for g in graphs], self.protocol(final))
 
 
 @dataclass(frozen=True)
@@ -217,17 +259,40 @@ class NodeTime:
         """A conv kernel (else a linear one: Gemm / MatMul)."""
         return self.op in CONV_OPS
 
+    def channels_first(self) -> NodeTime:
+        """This kernel with its shapes read as channels-last (N, ..., C) moved to channels-first (N, C, ...):
+        ORT runs an int8 graph's 2-D convs in NHWC (its NHWC transformer rewrites QLinearConv), and the
+        profile gives no layout, so a conv is matched to a layer either way (cost.CostModel.add_in_graph)."""
+
+        def move(s: tuple[int, ...]) -> tuple[int, ...]:
+            return (s[0], s[-1], *s[1:-1]) if len(s) >= 3 else s
+
+        return replace(self, input_shape=move(self.input_shape), output_shape=move(self.output_shape))
+
     def at(self, model_seconds: float) -> NodeTime:
         """This kernel's time in a run of the whole model that takes `model_seconds` (its share of it)."""
         return replace(self, seconds=self.share * model_seconds)
 
 
-#: Ops that run a conv or linear layer once ORT has fused and re-laid-out the graph.
-CONV_OPS = frozenset({"Conv", "FusedConv"})
-WEIGHT_OPS = CONV_OPS | {"Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+#: Ops that run a conv or linear layer once ORT has fused and re-laid-out the graph (float32, and the
+#: kernels ORT fuses an int8 graph's QuantizeLinear/DequantizeLinear pairs into).
+CONV_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger"})
+WEIGHT_OPS = CONV_OPS | {
+    "Gemm",
+    "FusedGemm",
+    "MatMul",
+    "FusedMatMul",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+}
 
 
-def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> list[NodeTime]:
+def in_graph_times(
+    model: nn.Module, inputs, threads: int, runs: int = 20, quantize: str | None = None
+) -> list[NodeTime]:
     """Median time of every conv/linear kernel of `model` inside its ORT graph, from ORT's own profiler.
 
     A layer timed alone (the latency table) is not the same kernel as inside the graph: there ORT fuses
@@ -239,7 +304,7 @@ def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> li
         so = session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "run")
-        runner = _Runner(model, inputs, threads, so)
+        runner = _Runner.of(model, inputs, threads, so, quantize)
         for _ in range(TIMING_WARMUP_RUNS):
             runner()
         # Events of the warm-up runs are in the file too; only the last `runs` runs of each node count.
@@ -266,3 +331,24 @@ def in_graph_times(model: nn.Module, inputs, threads: int, runs: int = 20) -> li
         seconds = float(np.median(durs)) * 1e-6  # the profiler's unit is us
         out.append(NodeTime(args["op_name"], tuple(shape_in), tuple(shape_out), seconds, float(np.median(shares))))
     return out
+
+
+@register_target("cpu-ort-int8")
+class OrtInt8CpuTarget(OrtCpuTarget):
+    """`cpu-ort` with every graph quantized as it is deployed: static int8 (hardware.quant), so the table
+    and the closed loop see int8 kernels' staircase, not float32's."""
+
+    description = (
+        "this machine's CPU, ONNX Runtime, int8 static QDQ (uint8 activations, int8 per-channel weights), fixed threads"
+    )
+    quantize = "static"
+    dtype = "int8-static-qdq-u8s8"
+
+
+@register_target("cpu-ort-int8-dynamic")
+class OrtInt8DynamicCpuTarget(OrtCpuTarget):
+    """`cpu-ort` with int8 weights and activations quantized at run time: ORT's advice for transformers."""
+
+    description = "this machine's CPU, ONNX Runtime, int8 dynamic (int8 weights, activations per batch), fixed threads"
+    quantize = "dynamic"
+    dtype = "int8-dynamic"

@@ -36,7 +36,12 @@ TARGETS: Registry[type] = Registry("target", "--target")
 #: each takes the name and returns a factory (called with the target kwargs) or None if the name is not its.
 RESOLVERS: list[Callable[[str], Callable[..., object] | None]] = []
 #: Modules that register targets when imported; imported lazily so `import hwprune` stays light.
-_BUILTIN_MODULES = ("hwprune.hardware.ort", "hwprune.hardware.cuda", "hwprune.hardware.sim")
+_BUILTIN_MODULES = (
+    "hwprune.hardware.ort",
+    "hwprune.hardware.cuda",
+    "hwprune.hardware.sim",
+    "hwprune.hardware.remote",
+)
 
 
 def register_target(name: str):

@@ -31,6 +31,7 @@ from hwprune.hardware.targets import get_target
 from hwprune.pipeline.checks import check_data, check_outputs, check_weights, fit_error
 from hwprune.pipeline.config import FinetuneConfig, MethodConfig, PruneConfig
 from hwprune.pipeline.context import METHODS, Outcome, Run
+from hwprune.pipeline.deploy import deploy
 from hwprune.pipeline.figures import final_figures
 from hwprune.pipeline.methods import method_kind, weight_sparsity
 from hwprune.report.files import write_outputs
@@ -48,9 +49,11 @@ class PruneResult:
     #: How to rebuild the architecture when loading (`{"kind": "torchvision", "name": ...}`); a model passed
     #: in as an object records its class, and `hwprune.load(dir, model=MyNet())` rebuilds it.
     source: dict = field(default_factory=dict)
+    #: Deployable files written next to model/ (an int8 target: model.int8.onnx), by name.
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """model/ (spec.json + safetensors), plan.json, report.json and report.md, written atomically.
+        """model/ (spec.json + safetensors), plan.json, report.json, report.md and `files`, written atomically.
 
         A path that holds anything is refused; an earlier hwprune output there is replaced with `overwrite=True`.
         """
@@ -143,9 +146,7 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
     if any(b.kind == "energy" for b in budgets):
         FigureTarget("energy", target)  # fails early, in one line, when the target has no energy model
     criterion = cfg.method.criterion or DEFAULT_CRITERION
-    return Run(
-        cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion, classes=classes
-    )
+    return Run(cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion, classes=classes)
 
 
 #: Which channels go when none is named: squared magnitude (Torch-Pruning's default too). It was Taylor
@@ -271,7 +272,13 @@ def prune(
     report = _report(run, kind, out, figures, model_name)
     if kind == "budget":
         out.plan.meta.update(measured_latency_ms=figures["measured_latency_ms"], fingerprint=report.fingerprint)
-    return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model))
+    t0 = time.perf_counter()
+    deployed = deploy(run, out.model)
+    files = {}
+    if deployed is not None:
+        report.deployment, files = deployed
+        report.stages["deploy_s"] = time.perf_counter() - t0
+    return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model), files)
 
 
 def _dense_figures(run: Run, t_dense: float) -> dict:

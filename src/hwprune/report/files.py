@@ -8,7 +8,7 @@ from hwprune.core.budget import format_amount
 from hwprune.core.errors import HwpruneError
 from hwprune.export.model import atomic_directory, write_model
 from hwprune.export.pretrained import is_transformers, write_pretrained
-from hwprune.report.schema import Latency, Report
+from hwprune.report.schema import Deployment, Latency, Report
 
 
 def _ms(lat: Latency) -> str:
@@ -140,6 +140,7 @@ def markdown(r: Report) -> str:
             f"Latency table: {t.entries_measured} entries measured, {t.cache_hits} reused from `{t.cache}` "
             f"({t.seconds:.1f} s)."
         )
+    lines += _deployment_lines(r.deployment)
     lines += ["", "## Closed loop (aim → predicted → measured)", "", *_loop_rows(r), ""]
     lines += [
         "## Width per group",
@@ -156,6 +157,35 @@ def markdown(r: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _deployment_lines(d: Deployment | None) -> list[str]:
+    if d is None:
+        return []
+    mode = f", {d.int8_mode}" if d.int8_mode else ""
+    lines = [
+        "",
+        f"## Deployed: `{d.file}` ({d.format} {d.dtype}{mode})",
+        "",
+        "| | dense fp32 | pruned fp32 | pruned deployed |",
+        "|---|---:|---:|---:|",
+        f"| latency (median, ms) | {d.dense_fp32_ms:.3f} | {d.pruned_fp32_ms:.3f} | {d.deployed_ms:.3f} "
+        f"[{d.deployed_ci_ms[0]:.3f}, {d.deployed_ci_ms[1]:.3f}] |",
+        f"| size on disk | | {d.fp32_size_bytes / 1e6:.2f} MB | {d.size_bytes / 1e6:.2f} MB |",
+    ]
+    if d.metric_fp32 is not None:
+        lines.append(f"| metric | | {_acc(d.metric_fp32)} | {_acc(d.metric_deployed)} |")
+    lines += [
+        "",
+        f"Speedup over the dense fp32 model: **{d.speedup:.2f}x** [{d.speedup_ci[0]:.2f}, {d.speedup_ci[1]:.2f}]; "
+        f"quantization alone {d.quantization_speedup:.2f}x [{d.quantization_speedup_ci[0]:.2f}, "
+        f"{d.quantization_speedup_ci[1]:.2f}] (the three graphs timed interleaved, {d.rounds} rounds, 95% intervals "
+        "of the per-round ratios).",
+        f"Parity on {d.parity_on}: max abs difference {d.max_abs_diff:.3g}"
+        + (f", top-1 agreement {d.agreement:.2%}" if d.agreement is not None else "")
+        + f". Calibrated on {d.calibration}.",
+    ]
+    return lines
 
 
 def _machine_lines(r: Report) -> list[str]:
@@ -219,4 +249,6 @@ def write_outputs(out: str | Path, result, overwrite: bool = False) -> Path:
         _pretrained(result, tmp)
         (tmp / "report.json").write_text(result.report.to_json())
         (tmp / "report.md").write_text(markdown(result.report))
+        for name, data in getattr(result, "files", {}).items():
+            (tmp / name).write_bytes(data)
     return out

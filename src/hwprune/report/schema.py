@@ -144,6 +144,38 @@ class Measurement:
 
 
 @dataclass
+class Deployment:
+    """The deployable file written next to the model (an int8 target: model.int8.onnx) and how it runs:
+    dense fp32, pruned fp32 and pruned deployed graphs timed interleaved on the target, in one measurement."""
+
+    file: str
+    format: str
+    dtype: str
+    int8_mode: str | None
+    size_bytes: int
+    #: The pruned model's float32 ONNX graph, for the size comparison.
+    fp32_size_bytes: int
+    dense_fp32_ms: float
+    pruned_fp32_ms: float
+    deployed_ms: float
+    deployed_ci_ms: list[float]
+    #: Dense fp32 / deployed, median of the per-round ratios, and its 95% interval.
+    speedup: float
+    speedup_ci: list[float]
+    #: Pruned fp32 / deployed: what quantization alone adds.
+    quantization_speedup: float
+    quantization_speedup_ci: list[float]
+    rounds: int
+    #: The deployed graph against the pruned torch model (export.deploy.Parity).
+    parity_on: str
+    max_abs_diff: float
+    agreement: float | None = None
+    metric_fp32: float | None = None
+    metric_deployed: float | None = None
+    calibration: str = ""
+
+
+@dataclass
 class Report:
     """Everything `hwprune prune` found out; `report.md` is rendered from it (`report.files.markdown`)."""
 
@@ -180,6 +212,7 @@ class Report:
     stages: dict[str, float] = field(default_factory=dict)
     method: dict[str, Any] | None = None
     weight_sparsity: dict[str, Any] | None = None
+    deployment: Deployment | None = None
     format: str = REPORT_FORMAT
 
     def to_dict(self) -> dict:
