@@ -59,7 +59,10 @@ def _print(e: Exported) -> None:
     p = e.parity
     mode = f" ({e.int8_mode})" if e.int8_mode else ""
     print(f"wrote {e.path}: {e.format} {e.dtype}{mode}, {e.size_bytes / 1e6:.2f} MB")
-    print(f"parity on {p.checked_on}, batch sizes {p.batch_sizes}: max abs difference {p.max_abs_diff:.3g}")
+    print(
+        f"parity on {p.checked_on}, batch sizes {p.batch_sizes}: max abs difference {p.max_abs_diff:.3g} "
+        f"(outputs up to {p.output_scale:.3g})"
+    )
     if p.agreement is not None:
         print(f"top-1 agreement with the torch model: {p.agreement:.2%} of {p.samples} samples")
     if p.metric_torch is not None:

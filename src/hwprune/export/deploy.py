@@ -42,6 +42,8 @@ class Parity:
     batch_sizes: list[int]
     max_abs_diff: float
     samples: int = 0
+    #: The largest |output| of the torch model on the same inputs: the scale max_abs_diff is read against.
+    output_scale: float = 0.0
     #: Share of samples whose top-1 class is the same in both (classification outputs only).
     agreement: float | None = None
     metric_torch: float | None = None
@@ -206,18 +208,19 @@ def check_parity(
     sizes = [b, b + 2] if dynamic else [b]
     if data is not None and not dynamic:
         data = _fixed_batches(data, b)
-    diff = 0.0
+    diff = scale = 0.0
     with eval_mode(model), torch.inference_mode():
         for n in sizes:
             x = resized(example, n)
             ref, got = logits(model, x).float(), run(x)
+            scale = max(scale, float(ref.abs().max()))
             if tuple(ref.shape) != tuple(got.shape):
                 raise HwpruneError(
                     f"the exported file returns shape {tuple(got.shape)} at batch {n}, torch {tuple(ref.shape)}"
                 )
             diff = max(diff, float((ref - got).abs().max()))
     if data is None:
-        return Parity("example inputs", sizes, diff)
+        return Parity("example inputs", sizes, diff, output_scale=scale)
     metric = metric or top1
     agree = total_t = total_e = 0.0
     n = 0
@@ -226,6 +229,7 @@ def check_parity(
         for x, y in data:
             ref, got = logits(model, x).float(), run(x)
             diff = max(diff, float((ref - got).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
             k = len(ref)
             classify = classify and ref.dim() == 2
             agree += float((ref.argmax(-1) == got.argmax(-1)).float().mean()) * k
@@ -239,6 +243,7 @@ def check_parity(
         sizes,
         diff,
         samples=n,
+        output_scale=scale,
         agreement=agree / n if n and classify else None,
         metric_torch=total_t / n if labeled else None,
         metric_exported=total_e / n if labeled else None,

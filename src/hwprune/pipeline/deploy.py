@@ -58,6 +58,7 @@ def _record(e: Exported, fp32_size: int, td, t32, t8, combined, quant, calibrati
         rounds=combined.n,
         parity_on=p.checked_on,
         max_abs_diff=p.max_abs_diff,
+        output_scale=p.output_scale,
         agreement=p.agreement,
         metric_fp32=p.metric_torch,
         metric_deployed=p.metric_exported,

@@ -181,7 +181,7 @@ def _deployment_lines(d: Deployment | None) -> list[str]:
         f"quantization alone {d.quantization_speedup:.2f}x [{d.quantization_speedup_ci[0]:.2f}, "
         f"{d.quantization_speedup_ci[1]:.2f}] (the three graphs timed interleaved, {d.rounds} rounds, 95% intervals "
         "of the per-round ratios).",
-        f"Parity on {d.parity_on}: max abs difference {d.max_abs_diff:.3g}"
+        f"Parity on {d.parity_on}: max abs difference {d.max_abs_diff:.3g} (outputs up to {d.output_scale:.3g})"
         + (f", top-1 agreement {d.agreement:.2%}" if d.agreement is not None else "")
         + f". Calibrated on {d.calibration}.",
     ]

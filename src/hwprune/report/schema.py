@@ -169,6 +169,8 @@ class Deployment:
     #: The deployed graph against the pruned torch model (export.deploy.Parity).
     parity_on: str
     max_abs_diff: float
+    #: The largest |output| of the pruned torch model on the same inputs (the scale of max_abs_diff).
+    output_scale: float = 0.0
     agreement: float | None = None
     metric_fp32: float | None = None
     metric_deployed: float | None = None

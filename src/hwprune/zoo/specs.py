@@ -252,6 +252,9 @@ def resolve(
         source = {"kind": "example", "name": name}
     else:
         model, source, shape, example = _build(spec, shape, trust_code, progress)
+    text_model = model if hf.is_text(model) else getattr(model, "encoder", None)
+    if shape is None and example is None and text_model is not None and hf.is_text(text_model):
+        example = hf.text_inputs(text_model, batch_size, seq_len, tokenizer)  # a saved text model's directory
     if shape is not None:
         example = torch.randn((batch_size, *shape))
     elif example is None:
