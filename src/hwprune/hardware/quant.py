@@ -8,6 +8,8 @@ Linear-heavy models such as transformers, whose activation ranges vary by input.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,6 +53,19 @@ def _preprocessed(graph: bytes, tmp: Path) -> Path:
         return src
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizer logs advice through the root logger ("consider pre-processing", on a graph its
+    pre-processor rejected); the user did not ask for it and can do nothing with it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_graph(graph: bytes, mode: str = "static", feeds: Iterable[dict[str, np.ndarray]] | None = None) -> bytes:
     """`graph` (a serialized fp32 ONNX model) quantized to int8.
 
@@ -59,7 +74,7 @@ def quantize_graph(graph: bytes, mode: str = "static", feeds: Iterable[dict[str,
     """
     if mode not in MODES:
         raise HwpruneError(f"int8 mode '{mode}': choose one of {', '.join(MODES)}")
-    with tempfile.TemporaryDirectory(prefix="hwprune-quant-") as d:
+    with tempfile.TemporaryDirectory(prefix="hwprune-quant-") as d, _quiet_root_logger():
         tmp = Path(d)
         src, out = _preprocessed(graph, tmp), tmp / "int8.onnx"
         try:
