@@ -47,7 +47,10 @@ def _preprocessed(graph: bytes, tmp: Path) -> Path:
     src, dst = tmp / "fp32.onnx", tmp / "pre.onnx"
     src.write_bytes(graph)
     try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        # Its symbolic shape inference writes a scratch model (sym_shape_infer_temp.onnx + external data) into
+        # the working directory and leaves it there when it fails: keep that inside our temporary directory.
+        with contextlib.chdir(tmp):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
         return dst
     except Exception:  # the optimiser rejects some traced graphs; quantizing the raw graph still works
         return src
