@@ -178,6 +178,29 @@ class Deployment:
 
 
 @dataclass
+class Training:
+    """How recovery training went: its settings, its throughput and, with evaluation, the best step kept."""
+
+    epochs: int
+    steps: int
+    optimizer: str
+    schedule: str
+    precision: str
+    #: Processes taking part (DistributedDataParallel under torchrun; 1 otherwise).
+    processes: int
+    batch_size: int
+    #: Training samples per second over all processes, and the wall-clock seconds of each epoch.
+    samples_per_s: float
+    seconds_per_epoch: list[float] = field(default_factory=list)
+    #: The step whose weights were kept (keep-best), its metric, and where early stopping ended the run.
+    best_step: int | None = None
+    best_metric: float | None = None
+    stopped_early_at: int | None = None
+    #: The checkpoint directory this run resumed from, if any.
+    resumed_from: str | None = None
+
+
+@dataclass
 class Report:
     """Everything `hwprune prune` found out; `report.md` is rendered from it (`report.files.markdown`)."""
 
@@ -215,6 +238,7 @@ class Report:
     method: dict[str, Any] | None = None
     weight_sparsity: dict[str, Any] | None = None
     deployment: Deployment | None = None
+    training: Training | None = None
     format: str = REPORT_FORMAT
 
     def to_dict(self) -> dict:
