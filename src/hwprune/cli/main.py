@@ -10,11 +10,14 @@ import threading
 import traceback
 
 from hwprune import __version__
+from hwprune.cli.evaluate import cmd_evaluate, evaluate_args
+from hwprune.cli.explain import cmd_explain, explain_args
 from hwprune.cli.export import cmd_export, export_args
 from hwprune.cli.outputs import resolve_checked
 from hwprune.cli.profile import DEFAULT_BATCH, DEFAULT_MODEL, build_profile, calibration_layers
 from hwprune.cli.prune import SHARED, add_config_options, add_model_args, cmd_demo, cmd_prune, prune_args
 from hwprune.cli.serve import cmd_serve, serve_args
+from hwprune.cli.sweep import cmd_sweep, sweep_args
 from hwprune.core.errors import HwpruneError
 from hwprune.evaluate.validate import validate
 from hwprune.hardware.sim import calibrate, load_spec, save_spec
@@ -25,6 +28,7 @@ from hwprune.hardware.timing import latency_estimate
 from hwprune.importance.criteria import list_criteria
 from hwprune.pipeline.granularity import GRANULARITIES, SCHEDULES
 from hwprune.plan.select import list_selections
+from hwprune.report.text import set_command
 from hwprune.zoo.specs import SPEC_HELP
 
 
@@ -276,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     prune_args(p)
     p.set_defaults(fn=cmd_prune)
     p = sub.add_parser(
+        "sweep", help="one run per latency budget x allocator, sharing the latency table; a Pareto page (index.html)"
+    )
+    sweep_args(p)
+    p.set_defaults(fn=cmd_sweep)
+    p = sub.add_parser(
+        "explain",
+        help="why pruning does (not) speed a model up on a target: per-layer shares, bounds, steps, advice",
+    )
+    explain_args(p)
+    p.set_defaults(fn=cmd_explain)
+    p = sub.add_parser(
+        "evaluate", help="record the metric of a saved (or your own fine-tuned) model in an output's report"
+    )
+    evaluate_args(p)
+    p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser(
         "export", help="write a saved model as a deployable file (ONNX fp32/fp16/int8, or .pt2), parity checked"
     )
     export_args(p)
@@ -329,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.code == 2:  # a usage error, already printed in one line by Parser.error
             return 2
         raise  # --help, --version: argparse's own exit, as a script expects
+    set_command(list(sys.argv[1:] if argv is None else argv))  # the report's "reproduce" line
     main_thread = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
@@ -350,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hwprune: error: {what}{'' if args.debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
         return 2
     finally:
+        set_command(None)
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 

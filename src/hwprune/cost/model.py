@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from hwprune.cost.progress import Stage
 from hwprune.groups.analysis import GroupAnalysis, LayerInfo
 from hwprune.hardware.table import LatencyCache
 
@@ -152,25 +152,26 @@ class Profiler:
         cands = {g.id: g.candidates for g in analysis.groups}
         curves: dict[str, LayerCurve] = {}
         memo: dict[tuple, LayerCurve] = {}
-        with tqdm(analysis.layers, desc="latency table", unit="layer", disable=not self.progress) as bar:
+        with Stage("latency table", len(analysis.layers), "layer", self.progress) as bar:
             self._bar = bar
-            for layer in bar:
-                in_c = (
-                    [c * layer.in_mult for c in cands[layer.in_group]]
-                    if layer.in_group in cands
-                    else [layer.in_channels]
-                )
-                out_c = (
-                    [c // layer.out_div for c in cands[layer.out_group]]
-                    if layer.out_group in cands
-                    else [layer.out_channels]
-                )
+            bar.set_postfix(measured=0, cached=0)
+            for layer in analysis.layers:
+                in_c, out_c = layer_candidates(layer, cands)
                 key = (layer.signature(), tuple(in_c), tuple(out_c))
                 if key not in memo:
                     memo[key] = self.curve(layer, in_c, out_c)
                 curves[layer.name] = memo[key]
+                bar.update(1)
+                bar.set_postfix(measured=self.measured, cached=self.reused)
             self._bar = None
         return curves
+
+
+def layer_candidates(layer: LayerInfo, cands: dict[str, list[int]]) -> tuple[list[int], list[int]]:
+    """The input and output widths a layer takes as its groups take their candidate widths."""
+    in_c = [c * layer.in_mult for c in cands[layer.in_group]] if layer.in_group in cands else [layer.in_channels]
+    out_c = [c // layer.out_div for c in cands[layer.out_group]] if layer.out_group in cands else [layer.out_channels]
+    return in_c, out_c
 
 
 def layer_weights(layer: LayerInfo, c_in: int, c_out: int) -> float:

@@ -8,12 +8,20 @@ import os
 import torch
 
 from hwprune.core.budget import Budget
+from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import macs_params, size_bytes
+from hwprune.cost.cached import NotCached, read_curves
+from hwprune.cost.model import STEP_TOLERANCE, CostModel
 from hwprune.cost.resources import count, memory_bytes
+from hwprune.groups.analysis import analyze
+from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.timing import Estimate, Timing, latency_estimate, ratio_estimate
 from hwprune.pipeline.context import Run
 from hwprune.pipeline.loop import exact
-from hwprune.report.schema import BudgetRow, Headline, Latency, Measurement, ModelFigures
+from hwprune.report.schema import BudgetRow, Headline, Latency, Measurement, ModelFigures, Staircase
+
+#: Groups whose measured staircase the report draws: the costliest ones (their layers' table time at dense).
+STAIRCASES = 6
 
 MET_CONFIDENT = "met (95% confidence)"
 MET_MEDIAN = "met on the median only"
@@ -138,4 +146,38 @@ def final_figures(run: Run, pruned, t_plan: float, dense_figures: dict) -> dict:
         "dense_latency_at_planning_ms": t_plan * 1e3,
         "measured_latency_ms": final.value * 1e3,
         "measured_latency_ci_ms": [final.low * 1e3, final.high * 1e3],
+        "staircases": staircases(run, pruned),
     }
+
+
+def staircases(run: Run, pruned, n: int = STAIRCASES) -> list[Staircase]:
+    """For a budget run with a latency budget: the `n` costliest groups' latency over width, read back from
+    the latency table the run measured (nothing is timed here; a table entry that is missing, e.g. the cache
+    was removed meanwhile, leaves the report without staircases)."""
+    if run.cfg.method.selection != "budget" or not any(b.kind == "latency" for b in run.budgets):
+        return []
+    lp = run.cfg.loop
+    ignored = [p.strip() for p in (lp.ignore or "").split(",") if p.strip()]
+    try:
+        analysis = analyze(run.dense, run.example, lp.min_keep, ignored=ignored)
+        cost = CostModel(analysis, read_curves(run.target, LatencyCache(run.cfg.target.cache), analysis))
+    except (NotCached, HwpruneError):
+        return []
+    mods = dict(pruned.named_modules())
+    chosen = {}
+    for g in analysis.groups:
+        m = mods.get(g.id)
+        w = getattr(m, "out_channels", getattr(m, "out_features", None))
+        if w is not None:
+            chosen[g.id] = int(w)
+    dense = cost.dense_widths()
+    widths = {**dense, **{g: w for g, w in chosen.items() if g in dense}}
+    rows = []
+    for g in analysis.groups:
+        if g.id not in chosen:
+            continue
+        cands = sorted(set(g.candidates) | {g.size})
+        ms = cost.group_costs(g.id, widths, cands) * 1e3  # bare table: no fitted remainder (scale 1, r1 = 0)
+        steps = [w for w, a, b in zip(cands[1:], ms[:-1], ms[1:], strict=False) if b - a > STEP_TOLERANCE * ms[-1]]
+        rows.append(Staircase(g.id, g.size, chosen[g.id], cands, [round(float(x), 5) for x in ms], steps))
+    return sorted(rows, key=lambda r: -r.ms[-1])[:n]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from hwprune.core.budget import Budget, format_amount
 from hwprune.core.errors import HwpruneError
+from hwprune.cost.progress import Stage
 from hwprune.hardware.timing import Estimate, estimate
 from hwprune.report.schema import LoopFigure, LoopStep
 
@@ -157,6 +158,14 @@ class ClosedLoop:
     on_first_miss: Callable[[], None] | None = None
     log: Callable[[str], None] = print
     history: list[LoopStep] = field(default_factory=list)
+    #: A bar over the iterations (ETA) on a terminal, one line at the end otherwise. None: follow the run whose
+    #: `log` this is (`Run.progress`: off under --quiet).
+    progress: bool | None = None
+
+    def _progress(self) -> bool:
+        if self.progress is not None:
+            return self.progress
+        return bool(getattr(getattr(self.log, "__self__", None), "progress", True))
 
     def _measured(self, model) -> tuple[list[Estimate], int]:
         """The plan's figures, measured again and pooled while an interval straddles an edge."""
@@ -196,6 +205,13 @@ class ClosedLoop:
         """The most valuable plan whose intervals are below the accept line, else the most valuable met at 95%
         confidence, else the most valuable met on the median; a one-line error when no plan's median was
         within every budget."""
+        with Stage("closed loop", self.max_iters, "iteration", self._progress()) as bar:
+            candidates = self._iterate(bar)
+        if not candidates:
+            raise HwpruneError(self._none_met())
+        return max(candidates, key=lambda c: (c.safe, c.confident, c.value))
+
+    def _iterate(self, bar: Stage) -> list[Candidate]:
         candidates: list[Candidate] = []
         for it in range(self.max_iters):
             widths = self.allocate()
@@ -203,6 +219,10 @@ class ClosedLoop:
             model = self.build(widths)
             measured, times = self._measured(model)
             self._record(it, predicted, measured, times)
+            bar.update(1)
+            bar.set_postfix(
+                **{c.kind: f"{m.value / c.limit:.0%}" for c, m in zip(self.constraints, measured, strict=True)}
+            )
             ok = within(self.constraints, measured)
             if ok:
                 sure = confident(self.constraints, measured)
@@ -216,9 +236,7 @@ class ClosedLoop:
                 c.reaim(m.value)
             if it == 0 and not ok and self.on_first_miss is not None:
                 self.on_first_miss()
-        if not candidates:
-            raise HwpruneError(self._none_met())
-        return max(candidates, key=lambda c: (c.safe, c.confident, c.value))
+        return candidates
 
     def _none_met(self) -> str:
         closest = min(self.history, key=lambda h: max(h.budgets[c.kind].used for c in self.constraints))

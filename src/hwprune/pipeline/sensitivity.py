@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from hwprune.apply.channels import apply_plan, recalibrate_bn
 from hwprune.core.modules import logits
 from hwprune.cost.model import spread
+from hwprune.cost.progress import Stage
 from hwprune.finetune.train import train_steps
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.plan.allocate import Problem, shift_moves
@@ -106,7 +106,7 @@ def group_sensitivity(probe: LossProbe, analysis: GroupAnalysis, progress: bool 
     base = probe({})
     values: dict[str, np.ndarray] = {}
     total = sum(len(spread(g.candidates[:-1], POINTS - 1)) for g in analysis.groups)
-    with tqdm(total=total, desc="sensitivity", unit="plan", disable=not progress, leave=False) as bar:
+    with Stage("sensitivity", total, "plan", progress, leave=False) as bar:
         for g in analysis.groups:
             rise = {g.size: 0.0}
             for w in spread(g.candidates[:-1], POINTS - 1):

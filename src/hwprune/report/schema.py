@@ -201,6 +201,34 @@ class Training:
 
 
 @dataclass
+class Staircase:
+    """One group's measured latency over its width: the table's layers that read or write the group, summed
+    at each candidate width with every other group at its pruned width (the staircase the allocator saw)."""
+
+    group: str
+    size: int
+    #: The pruned model's width of the group.
+    chosen: int
+    widths: list[int]
+    #: Table latency (ms) of the group's layers at each width.
+    ms: list[float]
+    #: Widths where the curve steps down by more than 5% of its dense figure going narrower.
+    steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    """A metric recorded after the run (`hwprune evaluate DIR --data ...`): of the saved model, or of one the
+    user fine-tuned themselves."""
+
+    model: str
+    data: str
+    metric: float
+    batches: int
+    samples: int | None = None
+
+
+@dataclass
 class Report:
     """Everything `hwprune prune` found out; `report.md` is rendered from it (`report.files.markdown`)."""
 
@@ -239,6 +267,11 @@ class Report:
     weight_sparsity: dict[str, Any] | None = None
     deployment: Deployment | None = None
     training: Training | None = None
+    #: For the costliest groups (budget runs with a latency table): the measured staircase over width.
+    staircases: list[Staircase] = field(default_factory=list)
+    #: The command that reproduces the run (the CLI's own argv; None from the Python API).
+    command: str | None = None
+    evaluations: list[Evaluation] = field(default_factory=list)
     format: str = REPORT_FORMAT
 
     def to_dict(self) -> dict:
