@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def as_tuple(x) -> tuple[int, ...]:
@@ -56,6 +57,26 @@ def primary_output(out):
 def logits(model: nn.Module, inputs) -> torch.Tensor:
     """`call(model, inputs)` reduced to the tensor losses and metrics read (`primary_output`)."""
     return primary_output(call(model, inputs))
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """A Hugging Face transformers model: its logits hold the classes last ((batch, tokens, vocab) for text)."""
+    return type(model).__module__.startswith("transformers.")
+
+
+def classes_last_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the classes in the last dimension of `outputs`: a causal LM's (batch, tokens, vocab)
+    logits against (batch, tokens) token ids. F.cross_entropy reads classes from dim 1, i.e. the tokens:
+    wrong whenever tokens == vocab (a byte-level model at 256 tokens) and an error otherwise."""
+    if outputs.dim() > 2 and not targets.is_floating_point() and targets.shape == outputs.shape[:-1]:
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(outputs, targets)
+
+
+def default_loss(model: nn.Module) -> Callable:
+    """The loss used when the caller names none: cross-entropy over the classes, which a transformers model
+    holds in the last dimension (`classes_last_cross_entropy`), other models in dimension 1 (images, masks)."""
+    return classes_last_cross_entropy if is_transformers_model(model) else F.cross_entropy
 
 
 def run_hooked(model: nn.Module, example_inputs, modules, hook) -> object:

@@ -13,7 +13,7 @@ from hwprune.core.errors import HwpruneError
 from hwprune.export.model import load, save_model
 from hwprune.finetune.train import train
 from hwprune.hardware.table import default_cache_dir
-from hwprune.zoo import text
+from hwprune.zoo import text, tinylm
 from hwprune.zoo.datasets import get_dataset
 
 
@@ -51,6 +51,14 @@ class Example:
     description: str
     #: Built with its pretrained weights (no training); a text model whose inputs come from its tokenizer.
     pretrained_text: bool = False
+    #: Trains the built model in its own way (a language model on text) instead of `train` on `data`.
+    trainer: Callable[[nn.Module, bool], nn.Module] | None = None
+    #: A causal language model whose example inputs are a text prompt (`prompt`: batch size, length -> inputs).
+    prompt: Callable[[int, int | None], dict] | None = None
+    #: Builds the tokenizer text data sets use with it (`--data python-docs`).
+    tokenizer: Callable[[], object] | None = None
+    #: Part of the cache key: a new version retrains.
+    version: str = "v1"
 
 
 EXAMPLES: dict[str, Example] = {
@@ -62,6 +70,17 @@ EXAMPLES: dict[str, Example] = {
         0,
         "all-MiniLM-L6-v2 sentence encoder (real pretrained weights, 6-layer BERT) on Python's documentation",
         pretrained_text=True,
+    ),
+    "tinylm": Example(
+        "tinylm",
+        tinylm.build,
+        "python-docs",
+        0,
+        "byte-level Llama (4 layers of 128, GQA 4 query / 2 KV heads, 0.85 M params) trained here on Python's docs",
+        trainer=tinylm.train,
+        prompt=tinylm.prompt_inputs,
+        tokenizer=tinylm.ByteTokenizer,
+        version=tinylm.VERSION,
     ),
 }
 
@@ -75,14 +94,16 @@ def get_example(name: str) -> Example:
 def trained_example(name: str, progress: bool = True) -> nn.Module:
     """The example's dense model, trained once and cached under the hwprune cache directory."""
     ex = get_example(name)
-    tag = hashlib.sha1(json.dumps([name, ex.epochs, ex.data, "v1"]).encode()).hexdigest()[:8]
+    tag = hashlib.sha1(json.dumps([name, ex.epochs, ex.data, ex.version]).encode()).hexdigest()[:8]
     path = default_cache_dir() / "examples" / f"{name}-{tag}"
     if (path / "spec.json").exists():
         try:
             return load(path, builder=lambda source: ex.build())
         except HwpruneError:
             pass  # a damaged cache entry is rebuilt below
-    data = get_dataset(ex.data)
-    model = train(ex.build(), data, ex.epochs, desc=f"training dense {name}", progress=progress)
+    if ex.trainer is not None:
+        model = ex.trainer(ex.build(), progress)
+    else:
+        model = train(ex.build(), get_dataset(ex.data), ex.epochs, desc=f"training dense {name}", progress=progress)
     save_model(model, path, {"kind": "example", "name": name}, overwrite=True)  # a damaged entry is replaced
     return model

@@ -250,6 +250,12 @@ def resolve(
         model, tokenizer = get_example(name).build(), text.minilm_tokenizer()
         example = hf.text_inputs(model.encoder, batch_size, seq_len, tokenizer)
         source = {"kind": "example", "name": name}
+    elif spec.startswith("example:") and get_example(spec.split(":", 1)[1]).prompt is not None:
+        name = spec.split(":", 1)[1]
+        ex = get_example(name)  # a language model trained here: its example inputs are a held-out prompt
+        model, example = trained_example(name, progress), ex.prompt(batch_size, seq_len)
+        tokenizer = ex.tokenizer() if ex.tokenizer is not None else None
+        source = {"kind": "example", "name": name}
     else:
         model, source, shape, example = _build(spec, shape, trust_code, progress)
     text_model = model if hf.is_text(model) else getattr(model, "encoder", None)
