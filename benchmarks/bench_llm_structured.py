@@ -58,7 +58,7 @@ def max_logit_diff(a, b, x) -> float:
         return float((a(**x).logits - b(**x).logits).abs().max())
 
 
-def prune(out: Path, epochs: int) -> None:
+def prune(out: Path, epochs: int, value: str = VALUE) -> None:
     """The hw plan at the latency budget: one-shot, distilled, saved and reloaded."""
     t0 = time.perf_counter()
     dense = trained_example("tinylm", progress=False).eval()
@@ -72,7 +72,7 @@ def prune(out: Path, epochs: int) -> None:
         data=data,
         loss_fn=tinylm.lm_loss,
         finetune=epochs,
-        config={"loop": {"value": VALUE}},
+        config={"loop": {"value": value}},
     )
     result.save(out / "hw", overwrite=True)
     oneshot = apply_plan(dense, prompt, result.plan)
@@ -80,6 +80,7 @@ def prune(out: Path, epochs: int) -> None:
     figures = {
         "budget": BUDGET,
         "epochs": epochs,
+        "value": value,
         "params": {"dense": n_params(dense), "hw": n_params(result.model)},
         "hidden_size": {"dense": 128, "hw": result.model.model.embed_tokens.weight.shape[1]},
         "widths": {g["id"]: [g["width"], g["size"]] for g in result.report.to_dict().get("groups") or []},
@@ -202,7 +203,8 @@ def timing(out: Path, md: str | None) -> None:
             "--md benchmarks/results/llm-structured.md",
             "",
             f"`hwprune.prune` with a {PROMPT}-byte held-out prompt at batch 1 as example inputs (the budget "
-            f"{BUDGET} is on prefill), target cpu, unlabelled training windows as data, distillation "
+            f"{BUDGET} is on prefill), target cpu, allocator hw maximising {figures.get('value', VALUE)}, "
+            "unlabelled training windows as data, distillation "
             f"{figures['epochs']} epochs of {N_TRAIN} x {BATCH} windows. Latencies re-measured in a fresh process, "
             "each pruned model interleaved with the dense one: median [95% interval], ms; ratio pruned / dense. "
             f"Decode: one token with the KV cache at context {PROMPT}.",
@@ -238,7 +240,7 @@ def timing(out: Path, md: str | None) -> None:
     )
     print(text)
     if md:
-        Path(md).write_text(text)
+        Path(md).write_text(text + "\n")
 
 
 def main() -> None:
@@ -247,6 +249,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/llm-structured")
     ap.add_argument("--epochs", type=int, default=5, help="distillation epochs after pruning")
     ap.add_argument("--md", help="write the markdown result here (time)")
+    ap.add_argument("--value", default=VALUE, help="what the hw allocator maximises (prune): scores or sensitivity")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
