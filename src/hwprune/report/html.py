@@ -23,7 +23,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-se
 max-width:1080px;color:#222;line-height:1.45;padding:0 16px}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:3px;
 margin-top:1.6em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 9px;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+text-align:right;white-space:nowrap}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .decision{font-size:1.25em;background:#eef5fc;border-left:5px solid #1f77b4;padding:10px 14px;margin:10px 0}
 .met{color:#1a7f37;font-weight:600}.notmet{color:#c62828;font-weight:600}
 .warn{background:#fff4e5;border-left:5px solid #ef6c00;padding:8px 12px;margin:6px 0}

@@ -107,7 +107,7 @@ def table_rows(s: Sweep) -> tuple[list[str], list[list[str]]]:
             [
                 p.allocator,
                 f"{p.budget:g}",
-                p.status,
+                p.status.replace("confidence", "CI").replace("on the median only", "on the median"),
                 f"{p.ratio:.3f} [{p.ratio_ci[0]:.3f}, {p.ratio_ci[1]:.3f}]",
                 f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
                 f"{p.used:.0%}" if p.used is not None else "",
@@ -133,32 +133,65 @@ def pareto(points: list[SweepPoint]) -> list[SweepPoint]:
 
 
 def pareto_plot(s: Sweep) -> str:
-    fig = new_figure(7.5, 4.2)
-    ax = fig.add_subplot()
+    """Left: one-shot and fine-tuned metric against measured latency; right: the fine-tuned points alone, on
+    their own scale (fine-tuning often brings every point within a point of the dense model)."""
+    fig = new_figure(10.5, 4.0)
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     allocators = list(dict.fromkeys(p.allocator for p in s.points))
-    for i, a in enumerate(allocators):
-        color, marker = STYLES[i % len(STYLES)]
-        ok = [p for p in s.points if p.allocator == a and p.status != "failed" and p.accuracy is not None]
-        if ok:
-            ax.errorbar(
-                [p.ratio for p in ok],
-                [100 * p.accuracy for p in ok],
-                xerr=[[p.ratio - p.ratio_ci[0] for p in ok], [p.ratio_ci[1] - p.ratio for p in ok]],
-                fmt=marker,
-                color=color,
-                capsize=3,
-                label=f"{a} (fine-tuned)",
+    for k, ax in enumerate(axes):
+        for i, a in enumerate(allocators):
+            _allocator_points(ax, s, a, STYLES[i % len(STYLES)], one_shot=k == 0)
+        front = pareto(s.points)
+        if len(front) > 1:
+            ax.plot(
+                [p.ratio for p in front],
+                [100 * p.accuracy for p in front],
+                "-",
+                color="#444",
+                lw=1,
+                alpha=0.6,
+                label="Pareto front (fine-tuned)",
             )
-            for p in ok:
-                ax.annotate(
-                    f"{p.budget:g}",
-                    (p.ratio, 100 * p.accuracy),
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=7,
-                    color=color,
-                )
-            one = [p for p in ok if p.accuracy_oneshot is not None]
+        dense = next((p.accuracy_dense for p in s.points if p.accuracy_dense is not None), None)
+        if dense is not None:
+            ax.axhline(100 * dense, color="#9e9e9e", ls="--", lw=1, label=f"dense {100 * dense:.2f}%")
+        ax.set_xlabel("measured latency / dense latency (95% interval)")
+        ax.set_ylabel("metric, %")
+        ax.set_xlim(0, 1.05)
+        style_axes(ax)
+        ax.grid(axis="y", color="#eee")
+    axes[0].set_title("one-shot (hollow) and fine-tuned", fontsize=9)
+    axes[1].set_title("fine-tuned only", fontsize=9)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, frameon=False, loc="lower right")
+    fig.tight_layout()
+    return svg_text(fig)
+
+
+def _allocator_points(ax, s: Sweep, a: str, style: tuple[str, str], one_shot: bool) -> None:
+    color, marker = style
+    ok = [p for p in s.points if p.allocator == a and p.status != "failed" and p.accuracy is not None]
+    if ok:
+        ax.errorbar(
+            [p.ratio for p in ok],
+            [100 * p.accuracy for p in ok],
+            xerr=[[p.ratio - p.ratio_ci[0] for p in ok], [p.ratio_ci[1] - p.ratio for p in ok]],
+            fmt=marker,
+            color=color,
+            capsize=3,
+            label=f"{a} (fine-tuned)",
+        )
+        for p in ok:
+            ax.annotate(
+                f"{p.budget:g}",
+                (p.ratio, 100 * p.accuracy),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=color,
+            )
+        one = [p for p in ok if p.accuracy_oneshot is not None]
+        if one_shot and one:
             ax.plot(
                 [p.ratio for p in one],
                 [100 * p.accuracy_oneshot for p in one],
@@ -168,38 +201,16 @@ def pareto_plot(s: Sweep) -> str:
                 alpha=0.6,
                 label=f"{a} (one-shot)",
             )
-        for p in (p for p in s.points if p.allocator == a and p.status == "failed"):
-            ax.axvline(p.budget, color=color, ls=":", lw=1)
-            ax.annotate(
-                f"{a} {p.budget:g}: failed",
-                (p.budget, 0.02),
-                xycoords=("data", "axes fraction"),
-                rotation=90,
-                fontsize=7,
-                color=color,
-            )
-    front = pareto(s.points)
-    if len(front) > 1:
-        ax.plot(
-            [p.ratio for p in front],
-            [100 * p.accuracy for p in front],
-            "-",
-            color="#444",
-            lw=1,
-            alpha=0.6,
-            label="Pareto front",
+    for p in (p for p in s.points if p.allocator == a and p.status == "failed"):
+        ax.axvline(p.budget, color=color, ls=":", lw=1)
+        ax.annotate(
+            f"{a} {p.budget:g}: failed",
+            (p.budget, 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            color=color,
         )
-    dense = next((p.accuracy_dense for p in s.points if p.accuracy_dense is not None), None)
-    if dense is not None:
-        ax.axhline(100 * dense, color="#9e9e9e", ls="--", lw=1, label=f"dense {100 * dense:.2f}%")
-    ax.set_xlabel("measured latency / dense latency (95% interval)")
-    ax.set_ylabel("metric, %")
-    ax.set_xlim(0, 1.05)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, frameon=False, loc="lower right")
-    style_axes(ax)
-    ax.grid(axis="y", color="#eee")
-    return svg_text(fig)
 
 
 def index_html(s: Sweep) -> str:
@@ -218,7 +229,7 @@ def index_html(s: Sweep) -> str:
     body = "\n".join(parts)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>hwprune sweep</title>'
-        f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
+        f"<style>{CSS}table{{font-size:.8em}}</style></head><body>\n{body}\n</body></html>\n"
     )
 
 
