@@ -45,7 +45,6 @@ def _latency_table(run: Run, analysis):
     curves = profiler.build(analysis)
     seconds = time.perf_counter() - t0
     run.stages["latency_table_s"] = seconds
-    run.log(f"latency table: {profiler.measured} entries measured, {profiler.reused} from cache ({seconds:.1f} s)")
     table = TableBuild(
         entries_measured=profiler.measured,
         cache_hits=profiler.reused,
@@ -223,6 +222,7 @@ def budget_method(run: Run) -> Outcome:
         max_iters=lp.max_iters,
         on_first_miss=lambda: _check_feasible(problem, constraints, build, lambda b: measure(b[1]), lp.min_keep),
         log=run.log,
+        progress=run.progress,
     )
     best = loop.run()
     plan, pruned = best.model

@@ -158,14 +158,8 @@ class ClosedLoop:
     on_first_miss: Callable[[], None] | None = None
     log: Callable[[str], None] = print
     history: list[LoopStep] = field(default_factory=list)
-    #: A bar over the iterations (ETA) on a terminal, one line at the end otherwise. None: follow the run whose
-    #: `log` this is (`Run.progress`: off under --quiet).
-    progress: bool | None = None
-
-    def _progress(self) -> bool:
-        if self.progress is not None:
-            return self.progress
-        return bool(getattr(getattr(self.log, "__self__", None), "progress", True))
+    #: A bar over the iterations (ETA) on a terminal, one line at the end otherwise; False: nothing (--quiet).
+    progress: bool = True
 
     def _measured(self, model) -> tuple[list[Estimate], int]:
         """The plan's figures, measured again and pooled while an interval straddles an edge."""
@@ -205,7 +199,7 @@ class ClosedLoop:
         """The most valuable plan whose intervals are below the accept line, else the most valuable met at 95%
         confidence, else the most valuable met on the median; a one-line error when no plan's median was
         within every budget."""
-        with Stage("closed loop", self.max_iters, "iteration", self._progress()) as bar:
+        with Stage("closed loop", self.max_iters, "iteration", self.progress) as bar:
             candidates = self._iterate(bar)
         if not candidates:
             raise HwpruneError(self._none_met())
