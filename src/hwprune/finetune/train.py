@@ -101,4 +101,3 @@ def train(
     torch.manual_seed(seed)
     batches = data.epochs(epochs, batch_size, seed)
     return train_steps(model, batches, lr, teacher, desc, progress, loss_fn=loss_fn)
-
