@@ -253,9 +253,12 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    {"prune": lambda: prune(out, a.epochs), "uniform": lambda: uniform(out), "time": lambda: timing(out, a.md)}[
-        a.phase
-    ]()
+    if a.phase == "prune":
+        prune(out, a.epochs, a.value)
+    elif a.phase == "uniform":
+        uniform(out)
+    else:
+        timing(out, a.md)
 
 
 if __name__ == "__main__":
