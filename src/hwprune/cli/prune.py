@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import time
+from pathlib import Path
 
 from hwprune.cli.outputs import check_out
 from hwprune.cli.run import INPUT_KEYS, prune_spec, read_recipe, split_options
 from hwprune.core.errors import HwpruneError
+from hwprune.finetune import distributed
 from hwprune.importance import list_criteria
 from hwprune.pipeline.config import PruneConfig, flat_fields, options
 from hwprune.pipeline.granularity import SCHEDULES
+from hwprune.pipeline.resume import RUN_JSON, STAGE
 from hwprune.plan.select import SELECTIONS
 from hwprune.report.files import budget_lines, text_table
 from hwprune.report.schema import Report
@@ -44,6 +49,8 @@ def add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None 
         kw: dict = {"default": default, "help": _help(o.help, o.default), "dest": _dest(o)}
         if o.type is dict:
             kw.update(action="append", metavar=o.metavar)
+        elif o.type is bool:  # --keep-best / --no-keep-best
+            kw.update(action=argparse.BooleanOptionalAction)
         else:
             kw.update(type=o.type, metavar=o.metavar)
         p.add_argument(o.flag, **kw)
@@ -87,6 +94,13 @@ def prune_args(p: argparse.ArgumentParser) -> None:
     add_config_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or loop log, only the final table")
     p.add_argument("--out", default=None, help="output directory (model/, plan.json, report.json, report.md)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue a killed run from its checkpoint directory (OUT.ckpt, or its --checkpoint-dir): nothing is "
+        "pruned again and fine-tuning goes on from the newest checkpoint; give the run's other options unchanged",
+    )
 
 
 def criterion_params(items: list[str] | dict | None) -> dict | None:
@@ -135,21 +149,61 @@ def cmd_prune(a: argparse.Namespace) -> int:
             raise HwpruneError(f"{where}: {key.replace('_', '-')} {got!r}: expected a string, got {type(got).__name__}")
     cfg = PruneConfig.from_dict(options_, where=where)
     check_out(inputs["out"])
-    result = prune_spec(
-        str(inputs["model"]),
-        inputs.get("data"),
-        inputs["batch_size"] if inputs.get("batch_size") is not None else 1,
-        inputs.get("input_shape"),
-        cfg,
-        progress=not getattr(a, "quiet", False),
-        loss=inputs.get("loss"),
-        metric=inputs.get("metric"),
-        seq_len=inputs.get("seq_len"),
-    )
+    resume = getattr(a, "resume", None)
+    scratch = _default_checkpoints(cfg, inputs, resume)
+    try:
+        result = prune_spec(
+            str(inputs["model"]),
+            inputs.get("data"),
+            inputs["batch_size"] if inputs.get("batch_size") is not None else 1,
+            inputs.get("input_shape"),
+            cfg,
+            progress=not getattr(a, "quiet", False),
+            loss=inputs.get("loss"),
+            metric=inputs.get("metric"),
+            seq_len=inputs.get("seq_len"),
+            resume=resume,
+        )
+    except BaseException:
+        _keep_or_drop(scratch)
+        raise
+    if result.report is None:  # a rank other than 0 under torchrun: rank 0 writes the outputs
+        return 0
     out = result.save(inputs["out"], overwrite=True)
+    if scratch is not None:  # the outputs are written: the default checkpoints have served
+        shutil.rmtree(scratch, ignore_errors=True)
     _print_summary(result.report)
     print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
     return 0 if result.report.budget.met else 1
+
+
+def _keep_or_drop(scratch: Path | None) -> None:
+    """A run stopped (Ctrl-C, SIGTERM, an error) leaves its default checkpoints only when they save work: once
+    pruning is done (`stage/`). Before that they hold nothing a resume could reuse."""
+    if scratch is None or not scratch.exists() or not distributed.world().main:
+        return
+    if (scratch / STAGE).exists():
+        print(f"fine-tuning checkpoints kept in {scratch}: continue with --resume {scratch}", file=sys.stderr)
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _default_checkpoints(cfg: PruneConfig, inputs: dict, resume: str | None) -> Path | None:
+    """A run that fine-tunes checkpoints into OUT.ckpt unless told where (--checkpoint-dir); that default
+    directory is removed once OUT is written. Returns it (None when the user chose the directory)."""
+    ft = cfg.finetune
+    default = Path(str(inputs["out"]).rstrip("/") + ".ckpt")
+    if resume is not None:
+        return default if Path(resume).resolve() == default.resolve() else None
+    if ft.checkpoint_dir is not None or not inputs.get("data") or not (ft.epochs or ft.steps):
+        return None
+    if (default / RUN_JSON).exists() and distributed.world().main:  # rank 0 writes it: the others would race
+        raise HwpruneError(
+            f"{default} holds the checkpoints of a run that did not finish: continue it with --resume {default}, "
+            "or remove it to start again"
+        )
+    ft.checkpoint_dir = str(default)
+    return default
 
 
 def _print_summary(r: Report) -> None:

@@ -51,11 +51,13 @@ def prune_spec(
     loss: str | None = None,
     metric: str | None = None,
     seq_len: int | None = None,
+    resume: str | None = None,
 ) -> PruneResult:
     """`hwprune prune`: the model spec, data, loss and metric specs resolved (`zoo`), then `hwprune.prune`.
 
     `config` may be a PruneConfig or a dict of nested sections and/or flat option names
-    (`{"budget": "latency=0.5", "target": "cpu-ort", "finetune-epochs": 2}`).
+    (`{"budget": "latency=0.5", "target": "cpu-ort", "finetune-epochs": 2}`). `resume`: the checkpoint
+    directory of a killed run of the same settings (`hwprune.prune`).
     """
     cfg = config if isinstance(config, PruneConfig) else PruneConfig.from_dict(config or {})
     loss_fn, metric_fn = resolve_callable(loss, "--loss"), resolve_callable(metric, "--metric")
@@ -71,6 +73,7 @@ def prune_spec(
         progress=progress,
         model_name=model,
         source=resolved.source,
+        resume=resume,
     )
 
 

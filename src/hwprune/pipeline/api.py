@@ -23,11 +23,13 @@ from hwprune.core.data import as_data, check_targets
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call, primary_output
 from hwprune.cost.resources import FigureTarget, count
-from hwprune.evaluate.metrics import Metric
+from hwprune.evaluate.metrics import Metric, evaluate
 from hwprune.export.model import object_source
-from hwprune.finetune.train import train_steps
+from hwprune.finetune import distributed
+from hwprune.finetune.trainer import FitResult, TrainConfig, fit, resolve_device, to_device
 from hwprune.hardware.base import Target
 from hwprune.hardware.targets import get_target
+from hwprune.pipeline import resume as resume_stage
 from hwprune.pipeline.checks import check_data, check_outputs, check_weights, fit_error
 from hwprune.pipeline.config import FinetuneConfig, MethodConfig, PruneConfig
 from hwprune.pipeline.context import METHODS, Outcome, Run
@@ -35,7 +37,7 @@ from hwprune.pipeline.deploy import deploy
 from hwprune.pipeline.figures import final_figures
 from hwprune.pipeline.methods import method_kind, weight_sparsity
 from hwprune.report.files import write_outputs
-from hwprune.report.schema import Report
+from hwprune.report.schema import Report, Training
 
 
 @dataclass
@@ -45,7 +47,8 @@ class PruneResult:
     model: nn.Module
     dense: nn.Module
     plan: object  # plan.Plan for the budget method, methods.MethodRecord for the others
-    report: Report
+    #: None on the ranks other than 0 under torchrun: only rank 0 measures and reports.
+    report: Report | None
     #: How to rebuild the architecture when loading (`{"kind": "torchvision", "name": ...}`); a model passed
     #: in as an object records its class, and `hwprune.load(dir, model=MyNet())` rebuilds it.
     source: dict = field(default_factory=dict)
@@ -145,6 +148,8 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
     budgets: list[Budget] = parse_budgets(cfg.budget) if cfg.budget else []
     if any(b.kind == "energy" for b in budgets):
         FigureTarget("energy", target)  # fails early, in one line, when the target has no energy model
+    if _fine_tunes(cfg) and data is not None:
+        cfg.finetune.check_here(model, cfg.seed)  # fp16 without a GPU, a feature name that is no module
     criterion = cfg.method.criterion or DEFAULT_CRITERION
     return Run(cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion, classes=classes)
 
@@ -157,13 +162,96 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
 DEFAULT_CRITERION = "l2"
 
 
-def _finetune(run: Run, out: Outcome) -> None:
+def _fine_tunes(cfg: PruneConfig) -> bool:
+    return cfg.finetune.epochs > 0 or bool(cfg.finetune.steps)
+
+
+def _finetune(run: Run, out: Outcome, checkpoints: Path | None, resume: bool) -> Training | None:
+    """Recovery training (`finetune.trainer.fit`), distilling from the dense model; its report section."""
     ft = run.cfg.finetune
-    if out.finetuned or run.data is None or ft.epochs == 0:
-        return
-    torch.manual_seed(run.cfg.seed)
-    batches = run.data.epochs(ft.epochs, ft.batch_size, run.cfg.seed)
-    train_steps(out.model, batches, ft.lr, run.dense, "fine-tuning (KD)", run.progress, loss_fn=run.loss_fn)
+    if out.finetuned or run.data is None or not _fine_tunes(run.cfg):
+        return None
+    tcfg = ft.train_config(run.cfg.seed)
+    if not ft.epochs:  # steps only: the trainer passes over the data as often as they need
+        tcfg = TrainConfig(**{**tcfg.to_dict(), "epochs": 1})
+    res = fit(
+        out.model,
+        run.data,
+        tcfg,
+        teacher=run.dense,
+        loss_fn=run.loss_fn,
+        evaluate=_scorer(run),
+        checkpoint_dir=checkpoints,
+        resume=resume,
+        progress=run.progress,
+        desc="fine-tuning (KD)",
+    )
+    return _training(tcfg, res, checkpoints if resume else None)
+
+
+def _scorer(run: Run):
+    """The run's metric on its validation batches, moved to wherever the model is being trained."""
+
+    def score(model: nn.Module) -> float | None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        batches = ((to_device(x, device), to_device(y, device)) for x, y in run.data.validation())
+        return evaluate(model, batches, run.metric)
+
+    return score
+
+
+def _training(tcfg: TrainConfig, res: FitResult, resumed_from: Path | None) -> Training:
+    return Training(
+        epochs=res.epochs,
+        steps=res.steps,
+        optimizer=tcfg.optimizer,
+        schedule=tcfg.lr_schedule,
+        precision=tcfg.precision,
+        processes=res.processes,
+        batch_size=tcfg.batch_size,
+        samples_per_s=res.samples_per_s,
+        seconds_per_epoch=res.seconds_per_epoch,
+        best_step=res.best_step if tcfg.keep_best else None,
+        best_metric=res.best_metric if tcfg.keep_best else None,
+        stopped_early_at=res.stopped_early_at,
+        resumed_from=str(resumed_from) if resumed_from is not None and res.resumed_at is not None else None,
+    )
+
+
+def _prune_or_resume(run: Run, kind: str, checkpoints: Path | None, resume: bool) -> Outcome:
+    """The method's Outcome: read back from a resumed run's checkpoint directory, or pruned here (rank 0 only
+    under torchrun, which then sends the pruned model to the other ranks)."""
+    world = distributed.world()
+    if resume:
+        stage = resume_stage.load_stage(checkpoints, run)
+        if stage is not None:
+            if stage[0] != kind:
+                raise HwpruneError(f"--resume {checkpoints}: its run pruned by the {stage[0]} method, this one {kind}")
+            run.log(f"resumed {checkpoints}: the pruned model and its plan are read back, not pruned again")
+            return stage[1]
+    out = None
+    try:
+        if world.main:
+            out = METHODS.get(kind)(run)
+            if checkpoints is not None and _fine_tunes(run.cfg) and not out.finetuned:
+                resume_stage.save_stage(checkpoints, kind, out, run)
+    finally:
+        if world.distributed:  # rank 0 sends b"" when it failed: the others stop instead of waiting
+            ok = out is not None and world.main
+            blob = (b"F" if out.finetuned else b"T") + resume_stage.pack_model(out.model) if ok else b""
+            blob = distributed.broadcast_bytes(blob, _device_type(run))
+            if not world.main:
+                if not blob:
+                    raise HwpruneError("rank 0 failed before fine-tuning (its error is in its output)")
+                model = resume_stage.unpack_model(blob[1:], run.dense)
+                out = Outcome(model, None, finetuned=blob[:1] == b"F")
+    return out
+
+
+def _device_type(run: Run) -> str:
+    if not _fine_tunes(run.cfg) or run.data is None:
+        return "cpu"
+    return resolve_device(run.cfg.finetune.train_config(run.cfg.seed)).type
 
 
 #: A dense model whose top-1 accuracy is below this many times chance (1 / classes) is most likely fed data
@@ -232,6 +320,7 @@ def prune(
     progress: bool = True,
     model_name: str | None = None,
     source: dict | None = None,
+    resume: str | Path | None = None,
 ) -> PruneResult:
     """Prune `model` so that it meets `budget` on `target`; the dense model is left as it was.
 
@@ -244,23 +333,49 @@ def prune(
         target: a target name (`hwprune targets`) or a Target object; default the config's, `cpu`.
         data: a DataLoader or iterable of (inputs, targets) batches, a torch Dataset, or a (train,
             validation) pair of them; unlabelled batches fine-tune by distillation from the dense model.
-        finetune: epochs, or a FinetuneConfig / dict (epochs, lr, batch_size).
+        finetune: epochs, or a FinetuneConfig / dict (epochs, lr, batch_size, optimizer, precision, ...).
         method: a MethodConfig / dict (criterion, granularity, selection, sparsity, schedule, ...).
         loss_fn: loss(outputs, targets): the label term of fine-tuning, of gradient criteria (taylor, ...) and
             of the sensitivity probes (default cross-entropy).
         metric: metric(outputs, targets) -> batch mean (default top-1 accuracy).
         config: a whole PruneConfig (or its dict); the keyword arguments above override it.
+        resume: a checkpoint directory of an earlier run of the same settings (its `finetune.checkpoint_dir`)
+            that was killed: its pruned model and plan are read back and fine-tuning continues from its newest
+            checkpoint. Fine-tuning checkpoints are written when `finetune.checkpoint_dir` is set.
+
+    Under `torchrun --nproc_per_node N`, every process calls this: rank 0 prunes and sends the pruned model
+    to the others, all of them fine-tune (DistributedDataParallel), and rank 0 alone measures and reports
+    (the other ranks' results have `report=None`).
     """
     cfg = _as_config(config, budget, method, finetune, seed, target)
+    checkpoints = Path(resume) if resume is not None else None
+    if checkpoints is not None:  # the config is the caller's object: changed on a copy
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, checkpoint_dir=str(checkpoints)))
+        resume_stage.check(checkpoints, cfg)  # missing, damaged or of other settings: refused before any work
+    elif cfg.finetune.checkpoint_dir:
+        checkpoints = Path(cfg.finetune.checkpoint_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     t_start = time.perf_counter()
     run = _setup(model, example_inputs, cfg, target, data, loss_fn, metric, progress)
+    distributed.setup(_device_type(run))
+    world = distributed.world()
+    if checkpoints is not None and resume is None and world.main and _fine_tunes(cfg):
+        resume_stage.start(checkpoints, cfg)
     kind = method_kind(cfg)
-    out = METHODS.get(kind)(run)
+    out = _prune_or_resume(run, kind, checkpoints, resume is not None)
     t0 = time.perf_counter()
-    _finetune(run, out)
+    training = _finetune(run, out, checkpoints, resume is not None)
     run.stages["finetune_s"] = time.perf_counter() - t0
+    if not world.main:  # rank 0 alone measures, reports and writes
+        return PruneResult(out.model, run.dense, out.plan, None, source or object_source(model))
+    report, files = _measure_and_report(run, kind, out, model_name, t_start)
+    report.training = training
+    return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model), files)
+
+
+def _measure_and_report(run: Run, kind: str, out: Outcome, model_name: str | None, t_start: float):
+    """The final measurement, the report and the deployable files of the pruned (and fine-tuned) model."""
     t0 = time.perf_counter()
     sections = out.sections
     if "t_plan" not in sections:
@@ -278,7 +393,7 @@ def prune(
     if deployed is not None:
         report.deployment, files = deployed
         report.stages["deploy_s"] = time.perf_counter() - t0
-    return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model), files)
+    return report, files
 
 
 def _dense_figures(run: Run, t_dense: float) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from hwprune.core.errors import HwpruneError
+from hwprune.finetune.trainer import TrainConfig, TrainConfigError, check_features, resolve_device
 from hwprune.pipeline.checks import TRUST, FieldTypeError, check_config
 
 
@@ -75,11 +76,78 @@ class LoopConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Recovery training after pruning: distillation from the dense model (Hinton et al. 2015)."""
+    """Recovery training after pruning (`finetune.trainer`): distillation from the dense model (Hinton et al.
+    2015), optionally on named features too; checkpoints a killed run resumes from (`--resume DIR`).
+
+    Mirrors `finetune.trainer.TrainConfig` field by field (the finetune stage may not import the pipeline's
+    config); `train_config` converts, and a value the trainer refuses is refused here, naming its flag.
+    """
 
     epochs: int = option(0, "epochs of fine-tuning with distillation (needs data)", "--finetune-epochs")
-    lr: float = option(1e-3, "fine-tuning learning rate")
-    batch_size: int = option(128, "fine-tuning batch size (built-in data sets)", "--finetune-batch-size")
+    steps: int | None = option(None, "optimizer steps of fine-tuning in all (overrides the epochs)", "--finetune-steps")
+    lr: float = option(1e-3, "fine-tuning learning rate (the peak of the schedule)")
+    batch_size: int = option(
+        128, "fine-tuning batch size, over all processes under torchrun (built-in data sets)", "--finetune-batch-size"
+    )
+    optimizer: str = option("adamw", "fine-tuning optimizer: adamw or sgd (momentum 0.9)")
+    weight_decay: float = option(1e-4, "fine-tuning weight decay")
+    lr_schedule: str = option(
+        "one-cycle", "learning-rate schedule: one-cycle, cosine, step (/10 at 50%% and 75%%), constant"
+    )
+    warmup_steps: int = option(0, "steps of linear learning-rate warm-up (one-cycle: its rising part; default 30%%)")
+    accumulate: int = option(1, "batches whose gradients are summed into one optimizer step")
+    clip_grad_norm: float | None = option(None, "clip the gradient norm to this value (default: no clipping)")
+    eval_every: int = option(0, "evaluate the metric every N steps (0: at each epoch's end)")
+    keep_best: bool = option(False, "end fine-tuning with the weights of the best evaluation")
+    patience: int = option(0, "stop fine-tuning after N evaluations without improvement (0: never)")
+    kd_temperature: float = option(4.0, "distillation temperature (Hinton et al. 2015)")
+    kd_alpha: float = option(0.5, "weight of the label loss against distillation (0: distillation only)")
+    kd_features: str | None = option(
+        None,
+        "comma-separated module names whose outputs are distilled from the dense model's too (FitNets; a learned "
+        "linear adapter where pruning narrowed them)",
+        metavar="NAMES",
+    )
+    kd_feature_weight: float = option(1.0, "weight of the feature-distillation loss")
+    precision: str = option(
+        "fp32", "fine-tuning precision: fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, GradScaler)"
+    )
+    device: str = option(
+        "auto", "where fine-tuning runs: auto (CUDA when torch sees a GPU), cpu, cuda", "--finetune-device"
+    )
+    checkpoint_every: int = option(0, "checkpoint fine-tuning every N steps too (always at each epoch's end)")
+    checkpoint_dir: str | None = option(
+        None,
+        "where fine-tuning checkpoints go (default with --out: OUT.ckpt, removed once OUT is written); "
+        "`--resume DIR` continues a killed run from it",
+    )
+
+    def train_config(self, seed: int = 0) -> TrainConfig:
+        """This section as the trainer's config; a value it refuses raises HwpruneError naming the flag."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "checkpoint_dir"}
+        values["kd_features"] = feature_names(self.kd_features)
+        try:
+            return TrainConfig(**values, seed=seed)
+        except TrainConfigError as e:
+            raise HwpruneError(f"{e} ({flag_of(self, e.field)})") from None
+
+    def check_here(self, model, seed: int = 0) -> None:
+        """What only this machine and this model can tell, before pruning: a GPU for fp16 or `device: cuda`,
+        and a module of the model for each `kd_features` name (HwpruneError naming the flag)."""
+        try:
+            resolve_device(self.train_config(seed))
+            check_features(model, feature_names(self.kd_features))
+        except TrainConfigError as e:
+            raise HwpruneError(f"{e} ({flag_of(self, e.field)})") from None
+
+
+def feature_names(text: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (text or "").split(",") if n.strip())
+
+
+def flag_of(section, name: str) -> str:
+    meta = next((f.metadata for f in dataclasses.fields(section) if f.name == name), {})
+    return meta.get("flag") or "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -116,6 +184,7 @@ class PruneConfig:
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, _section(cls, getattr(self, name), name))
         check_config(self)
+        self.finetune.train_config(self.seed)  # the trainer's own checks (optimizer, schedule, precision, ...)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

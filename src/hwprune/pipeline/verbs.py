@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from hwprune.core.data import as_data
 from hwprune.cost.model import CostModel, Profiler
-from hwprune.finetune.train import train_steps
+from hwprune.finetune.trainer import TrainConfig, fit
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.hardware.base import Target
 from hwprune.hardware.table import LatencyCache
@@ -50,10 +49,28 @@ def finetune(
     loss_fn=None,
     seed: int = 0,
     progress: bool = True,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
 ) -> nn.Module:
-    """Fine-tune `model` in place on `data` (any form `hwprune.prune` takes), distilling from `teacher`."""
-    batches = as_data(data).epochs(epochs, seed=seed)
-    return train_steps(model, batches, lr, teacher, "fine-tuning", progress, loss_fn=loss_fn)
+    """Fine-tune `model` in place on `data` (any form `hwprune.prune` takes), distilling from `teacher`.
+
+    `config` (a `TrainConfig`: optimizer, schedule, precision, accumulation, ...) replaces epochs / lr / seed;
+    with `checkpoint_dir` a checkpoint is written at each epoch's end and `resume=True` continues from it.
+    `finetune.trainer.fit` does the work and returns its figures too.
+    """
+    cfg = config or TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    fit(
+        model,
+        data,
+        cfg,
+        teacher=teacher,
+        loss_fn=loss_fn,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )
+    return model
 
 
 @dataclass
