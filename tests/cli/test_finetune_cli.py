@@ -2,6 +2,9 @@
 while fine-tuning resumed with --resume OUT.ckpt; the report's training section."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,19 @@ def test_a_run_that_finishes_removes_its_default_checkpoints(tmp_path, capsys):
     assert t["schedule"] == "cosine" and t["samples_per_s"] > 0 and len(t["seconds_per_epoch"]) == 2
     assert not Path(str(out) + ".ckpt").exists()
     assert err.count("fine-tuning (KD): epoch") == 2  # stderr is no terminal: one line per epoch
+
+
+def test_torchrun_two_processes_rank_0_prunes_and_writes(tmp_path):
+    """The same command under torchrun: rank 0 prunes and sends the model, both ranks fine-tune (gloo), and
+    only rank 0 writes OUT and prints the summary."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HWPRUNE_TIMING": "fast", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hwprune"]
+    argv = ["prune", "--model", f"{HERE}/tiny_models.py:digits_resnet", "--data", "digits", "--budget", "params=0.6"]
+    argv += ["--finetune-epochs", "1", "--quiet", "--out", str(out)]  # target cpu: analytic-test is this process's
+    res = subprocess.run(launcher + argv, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    assert res.stdout.count("wrote ") == 1
+    t = json.loads((out / "report.json").read_text())["training"]
+    assert t["processes"] == 2 and t["steps"] == 11 and t["batch_size"] == 128  # 1,437 digits: 11 steps of 128
+    assert not Path(str(out) + ".ckpt").exists()
