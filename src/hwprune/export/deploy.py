@@ -21,9 +21,10 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.files import write_file_atomic
 from hwprune.core.modules import call, eval_mode, logits, primary_output
 from hwprune.evaluate.metrics import Metric, top1
-from hwprune.hardware.ort import PROVIDER, onnx_bytes, session_options, write_atomic
+from hwprune.hardware.ort import PROVIDER, onnx_bytes, session_options
 from hwprune.hardware.quant import graph_inputs, quantize_graph
 
 FORMATS = ("onnx", "pt2")
@@ -290,5 +291,5 @@ def export_model(
         )
         raise HwpruneError(f"the exported {fmt} {dtype} file does not load: {msg}{fix}") from None
     parity = check_parity(run, model, example, data, metric, dynamic)
-    out = write_atomic(path, blob)
+    out = write_file_atomic(path, blob)
     return Exported(str(out), fmt, dtype, len(blob), parity, mode)

@@ -15,11 +15,7 @@ their attributes. The architecture therefore comes from the caller (`model=`), a
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from hwprune.apply.heads import HeadPrunedAttention
 from hwprune.core.errors import HwpruneError
+from hwprune.core.files import atomic_directory
 from hwprune.export.sparse import read_sparse, restore_masks, split_sparse
 from hwprune.export.spec import FORMAT, read_spec, stored_source
 
@@ -53,33 +50,6 @@ def _shape_spec(model: nn.Module) -> dict:
         if attrs:
             spec[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
     return spec
-
-
-@contextmanager
-def atomic_directory(directory: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `directory`; when the block succeeds it replaces `directory` whole.
-
-    On any error the temporary directory is removed and `directory` is left as it was: a reader never
-    sees a half-written output.
-    """
-    directory = Path(directory)
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    except OSError as e:
-        raise HwpruneError(f"cannot write {directory} ({e.strerror}); choose a writable directory") from None
-    try:
-        yield tmp
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, old / "x")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _replaced_spec(model: nn.Module) -> dict[str, str]:

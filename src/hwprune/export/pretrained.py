@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
-from hwprune.export.model import atomic_directory, refuse_existing
+from hwprune.core.files import atomic_directory
+from hwprune.export.model import refuse_existing
 from hwprune.groups.attention import find_attention
 
 

@@ -10,11 +10,8 @@ pickled: loading a checkpoint runs no code from it.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,58 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.files import atomic_directory, write_file_atomic
 
 LATEST = "latest"
 STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
 FORMAT = "hwprune-checkpoint/1"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: str | Path, data: bytes) -> Path:
-    """`path` holds `data` whole or keeps what it held: a flushed temporary sibling, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def write_dir_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` fills a temporary sibling of `path`, which then becomes `path` (replacing an older one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        write(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync(f)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def save(directory: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -81,12 +31,10 @@ def save(directory: str | Path, step: int, tensors: dict[str, torch.Tensor], met
     directory = Path(directory)
     name = f"step-{step:08d}"
 
-    def write(tmp: Path) -> None:
+    with atomic_directory(directory / name, fsync=True) as tmp:
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps({"format": FORMAT, "step": step, **meta}))
-
-    write_dir_atomic(directory / name, write)
-    write_file_atomic(directory / LATEST, name.encode())
+    write_file_atomic(directory / LATEST, name)
     for old in directory.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.files import write_file_atomic
 from hwprune.core.modules import eval_mode
 from hwprune.hardware.fingerprint import fingerprint, timing_mode
 from hwprune.hardware.quant import graph_inputs, quantize_graph
@@ -116,24 +116,9 @@ def onnx_bytes(model: nn.Module, inputs, dynamic: bool = False) -> bytes:
     return f.getvalue()
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` whole or not at all (a temporary sibling, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def export_onnx(model: nn.Module, inputs, path: str | Path, dynamic: bool = False) -> Path:
     """Write `model` (e.g. a pruned one) as an ONNX file for deployment in ONNX Runtime, atomically."""
-    return write_atomic(path, onnx_bytes(model, inputs, dynamic))
+    return write_file_atomic(path, onnx_bytes(model, inputs, dynamic))
 
 
 def session_options(threads: int) -> ort.SessionOptions:

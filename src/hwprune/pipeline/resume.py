@@ -17,6 +17,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.files import atomic_directory, write_file_atomic
 from hwprune.export.model import load, object_source, write_model
 from hwprune.finetune import checkpoint as ckpt
 from hwprune.pipeline.config import PruneConfig
@@ -35,7 +36,7 @@ def start(directory: str | Path, cfg: PruneConfig) -> None:
     """Record the run's config in a fresh checkpoint directory (before pruning: a run killed while pruning
     resumes by pruning again, with the same settings)."""
     data = json.dumps({"format": FORMAT, "config": cfg.to_dict()}, indent=1).encode()
-    ckpt.write_file_atomic(Path(directory) / RUN_JSON, data)
+    write_file_atomic(Path(directory) / RUN_JSON, data)
 
 
 def check(directory: str | Path, cfg: PruneConfig) -> None:
@@ -96,12 +97,10 @@ def save_stage(directory: str | Path, kind: str, out: Outcome, run: Run) -> None
         "dense_medians": list(run.dense_medians),
     }
 
-    def write(tmp: Path) -> None:
+    with atomic_directory(Path(directory) / STAGE, fsync=True) as tmp:
         (tmp / "model").mkdir()
         write_model(out.model, tmp / "model", object_source(out.model))
         (tmp / STAGE_JSON).write_text(json.dumps(record))
-
-    ckpt.write_dir_atomic(Path(directory) / STAGE, write)
 
 
 def _read_stage_json(directory: Path) -> dict:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from hwprune.core.errors import HwpruneError
-from hwprune.export.model import atomic_directory, write_model
+from hwprune.core.files import atomic_directory, write_file_atomic
+from hwprune.export.model import write_model
 from hwprune.export.pretrained import is_transformers, write_pretrained
 from hwprune.report.schema import Evaluation, Report
 from hwprune.report.text import (  # noqa: F401  (re-exported: the CLI and tests read them here)
@@ -79,18 +78,6 @@ def _write_reports(directory: Path, r: Report, out: str) -> None:
     (directory / "report.json").write_text(r.to_json())
     (directory / "report.md").write_text(markdown(r, out))
     (directory / "report.html").write_text(page(r, out))
-
-
-def write_file_atomic(path: Path, text: str) -> None:
-    """`text` into `path` whole or not at all (a temporary sibling, then renamed)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def rewrite_reports(out: str | Path, r: Report) -> None:

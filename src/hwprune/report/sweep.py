@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hwprune.report.files import write_file_atomic
+from hwprune.core.files import write_file_atomic
 from hwprune.report.html import CSS, html_table, new_figure, style_axes, svg_text
 from hwprune.report.schema import Report, from_dict
 
