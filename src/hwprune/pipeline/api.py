@@ -21,7 +21,7 @@ import hwprune.pipeline.budget  # noqa: F401  (registers the budget method)
 from hwprune.core.budget import Budget, parse_budgets
 from hwprune.core.data import as_data, check_targets
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import call, primary_output
+from hwprune.core.modules import call, default_loss, primary_output
 from hwprune.cost.resources import FigureTarget, count
 from hwprune.evaluate.metrics import Metric, evaluate
 from hwprune.export.model import object_source
@@ -143,6 +143,9 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
     loss_fn = loss_fn or getattr(data, "loss_fn", None)  # what the data's targets call for (embeddings: cosine)
     metric = metric or getattr(data, "metric", None)
     classes = _check_fits(model, example_inputs, data, loss_fn)
+    # Cross-entropy over the right dimension: a transformers model's classes are last ((batch, tokens, vocab) for
+    # a language model), F.cross_entropy's are dim 1, which would read a language model's tokens as classes.
+    loss_fn = loss_fn or default_loss(model)
     if not isinstance(target, Target):
         target = get_target(cfg.target.name, threads=cfg.target.threads)
     budgets: list[Budget] = parse_budgets(cfg.budget) if cfg.budget else []

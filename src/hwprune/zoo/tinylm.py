@@ -18,10 +18,10 @@ import functools
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hwprune.core.data import LoaderData
 from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import classes_last_cross_entropy
 from hwprune.zoo import hf, text
 
 #: ~0.85 M parameters: 4 layers of width 128, 4 query heads of 32 sharing 2 KV heads (GQA), SwiGLU FFN 384.
@@ -106,10 +106,9 @@ def windows(ids: torch.Tensor, length: int, n: int, seed: int) -> torch.Tensor:
     return torch.stack([ids[s : s + length] for s in starts.tolist()])
 
 
-def lm_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy: `outputs` (batch, tokens, vocab) at position t scored against `targets` at t
-    (the batch builder shifts them)."""
-    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+#: Next-token cross-entropy: `outputs` (batch, tokens, vocab) at position t scored against `targets` at t (the
+#: batch builder shifts them), the classes read from the last dimension.
+lm_loss = classes_last_cross_entropy
 
 
 def lm_batches(ids: torch.Tensor, n_batches: int, batch_size: int, seq_len: int, seed: int) -> list:
