@@ -62,7 +62,7 @@ def test_threads_checked_by_bench_too(capsys, tiny_file):
     "text, needle",
     [
         ("colour: red\n", "unknown option 'colour'; options are: "),
-        ("finetune: {epochs: 1, speed: 3}\n", "unknown finetune option 'speed'; use batch_size, epochs, lr"),
+        ("finetune: {epochs: 1, speed: 3}\n", "unknown finetune option 'speed'; use accumulate, batch_size"),
         ("finetune: {epochs: lots}\n", "finetune.epochs 'lots': expected a whole number, got str (--finetune-epochs)"),
         ("finetune-epochs: true\n", "finetune.epochs True: expected a whole number, got bool (--finetune-epochs)"),
         ("lr: [1]\n", "finetune.lr [1]: expected a number, got list (--lr)"),

@@ -23,7 +23,7 @@ def test_prune_end_to_end_then_reuse_the_cached_table(capsys, tmp_path, tiny_fil
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["budget"]["met"]
     assert 0.87 * 0.6 <= report["latency_ratio"] <= 0.6  # the loop lands in its acceptance band
-    assert sorted(p.name for p in out.iterdir()) == ["model", "plan.json", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["model", "plan.json", "report.html", "report.json", "report.md"]
     assert "speedup" in printed and "predicted" in printed
 
     # Report figures hang together.

@@ -4,6 +4,7 @@ leading with one decision figure; report.md without "Budget None" or empty secti
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +23,9 @@ def _prune(tiny_file, out, *extra):
 
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory):
-    from conftest import HERE  # noqa: PLC0415
-
+    # tests/tiny_models.py (`from conftest import HERE` could find tests/finetune/conftest.py instead)
     out = tmp_path_factory.mktemp("html") / "o"
-    code, r = _prune(str(HERE / "tiny_models.py"), out, "--budget", "latency=0.7")
+    code, r = _prune(str(Path(__file__).parents[1] / "tiny_models.py"), out, "--budget", "latency=0.7")
     assert code == 0
     return out, r
 
