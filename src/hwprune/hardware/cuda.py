@@ -93,8 +93,6 @@ def _to(inputs, device: torch.device, dtype: torch.dtype):
     return inputs
 
 
-
-
 def _model_key(model: nn.Module) -> tuple:
     return (id(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
 

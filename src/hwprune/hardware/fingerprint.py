@@ -58,9 +58,7 @@ def timing_mode(*protocols: TimingProtocol) -> str:
     return "fast" if any(p == FAST_PROTOCOL for p in protocols) else "standard"
 
 
-def fingerprint(
-    threads: int, dtype: str = "float32", runtime: str = "torch-eager", timing: str = "standard"
-) -> dict:
+def fingerprint(threads: int, dtype: str = "float32", runtime: str = "torch-eager", timing: str = "standard") -> dict:
     """What a latency figure depends on, apart from the layer itself (`timing`: see timing_mode)."""
     return {
         "cpu": cpu_model(),

@@ -85,8 +85,6 @@ def get_target(name: str, **kwargs):
     raise HwpruneError(f"unknown target '{name}'; choose one of: {names} (or a spec .yaml file)")
 
 
-
-
 @register_target("cpu")
 class CpuTarget:
     """This machine's CPU, PyTorch eager, float32, a fixed number of intra-op threads."""

@@ -158,8 +158,7 @@ def collect_stats(
     if crit.needs_data and not batches:
         raise HwpruneError(
             f"criterion '{crit.name}' needs calibration data: pass data=... (--data on the command line) "
-            "or choose one of: "
-            + ", ".join(sorted(c.name for c in CRITERIA.values() if not c.needs_data))
+            "or choose one of: " + ", ".join(sorted(c.name for c in CRITERIA.values() if not c.needs_data))
         )
     got = CollectedStats()
     if crit.needs_grad:
