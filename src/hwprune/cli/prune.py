@@ -93,7 +93,9 @@ def prune_args(p: argparse.ArgumentParser) -> None:
     )
     add_config_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or loop log, only the final table")
-    p.add_argument("--out", default=None, help="output directory (model/, plan.json, report.json, report.md)")
+    p.add_argument(
+        "--out", default=None, help="output directory (model/, plan.json, report.json, report.md, report.html)"
+    )
     p.add_argument(
         "--resume",
         default=None,
@@ -173,7 +175,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     if scratch is not None:  # the outputs are written: the default checkpoints have served
         shutil.rmtree(scratch, ignore_errors=True)
     _print_summary(result.report)
-    print(f"wrote {out}/ (model/, plan.json, report.json, report.md)")
+    print(f"wrote {out}/ (model/, plan.json, report.json, report.md, report.html)")
     return 0 if result.report.budget.met else 1
 
 
