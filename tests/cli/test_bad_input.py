@@ -278,6 +278,11 @@ def test_keyboard_interrupt_in_process(capsys, monkeypatch):
 
 
 _LAUNCH = (
+    # SIGINT as a terminal's Ctrl-C finds it: not blocked and handled by Python. A child inherits its parent's
+    # signal mask and ignored signals across exec, and this test process may have either from its own parent
+    # (a background job ignores SIGINT) or from a library thread, which made this test flaky.
+    "import signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM}); "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
     "import sys; sys.path.insert(0, sys.argv.pop(1)); import conftest; "  # registers the analytic-test target
     "from hwprune.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
