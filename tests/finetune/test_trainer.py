@@ -47,12 +47,8 @@ def test_accumulating_two_half_batches_equals_one_full_batch(data):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "schedule,last_factor",
-    [("cosine", 0.0), ("step", 0.01), ("constant", 1.0)],
-)
-def test_schedules_end_where_they_should(data, schedule, last_factor):
-    model = toy_net()
+def _learning_rates(monkeypatch, *args, **kwargs) -> list[float]:
+    """The learning rate of every optimizer step of `fit(*args, **kwargs)` (AdamW, the default optimizer)."""
     lrs = []
     orig = torch.optim.AdamW.step
 
@@ -60,34 +56,25 @@ def test_schedules_end_where_they_should(data, schedule, last_factor):
         lrs.append(self.param_groups[0]["lr"])
         return orig(self, *a, **k)
 
-    torch.optim.AdamW.step = spy
-    try:
-        fit(
-            model,
-            data,
-            TrainConfig(epochs=2, batch_size=32, lr=0.1, lr_schedule=schedule, warmup_steps=4),
-            progress=False,
-        )
-    finally:
-        torch.optim.AdamW.step = orig
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    fit(*args, progress=False, **kwargs)
+    return lrs
+
+
+@pytest.mark.parametrize(
+    "schedule,last_factor",
+    [("cosine", 0.0), ("step", 0.01), ("constant", 1.0)],
+)
+def test_schedules_end_where_they_should(data, monkeypatch, schedule, last_factor):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, lr_schedule=schedule, warmup_steps=4)
+    lrs = _learning_rates(monkeypatch, toy_net(), data, cfg)
     assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])  # linear warm-up
     end = lrs[-1] / 0.1
     assert end == pytest.approx(last_factor, abs=0.01)
 
 
-def test_one_cycle_warmup_sets_its_rising_part(data):
-    lrs = []
-    orig = torch.optim.AdamW.step
-
-    def spy(self, *a, **k):
-        lrs.append(self.param_groups[0]["lr"])
-        return orig(self, *a, **k)
-
-    torch.optim.AdamW.step = spy
-    try:
-        fit(toy_net(), data, TrainConfig(epochs=2, batch_size=32, lr=0.1, warmup_steps=6), progress=False)
-    finally:
-        torch.optim.AdamW.step = orig
+def test_one_cycle_warmup_sets_its_rising_part(data, monkeypatch):
+    lrs = _learning_rates(monkeypatch, toy_net(), data, TrainConfig(epochs=2, batch_size=32, lr=0.1, warmup_steps=6))
     assert max(range(len(lrs)), key=lrs.__getitem__) == 5 and max(lrs) == pytest.approx(0.1)
 
 
