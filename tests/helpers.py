@@ -30,7 +30,11 @@ def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def run_cli(capsys, *argv):
-    """`hwprune ARGV...` in-process: (exit code, stdout, stderr)."""
+    """`hwprune ARGV...` in-process: (exit code, stdout, stderr) of this call only.
+
+    Output captured earlier in the test (a fixture's own `main` run, its timing warnings) is dropped first.
+    """
+    capsys.readouterr()
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
