@@ -12,6 +12,15 @@ from hwprune.export.pretrained import save_pretrained
 transformers = pytest.importorskip("transformers")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; with two, on a loaded 2-core machine each op waits for a core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_lm(layers=4, seed=0):
     """A Llama of width 32 with `layers` decoder layers (4 query heads of 8 sharing 2 KV heads), seeded."""
     cfg = transformers.LlamaConfig(

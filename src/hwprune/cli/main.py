@@ -26,7 +26,7 @@ from hwprune.hardware.table_io import describe_fingerprint, export_profile, impo
 from hwprune.hardware.targets import get_target, list_targets
 from hwprune.hardware.timing import latency_estimate
 from hwprune.importance.criteria import list_criteria
-from hwprune.pipeline.granularity import GRANULARITIES, SCHEDULES
+from hwprune.pipeline.granularity import GRANULARITIES, SCHEDULES, language_model_methods
 from hwprune.plan.select import list_selections
 from hwprune.report.text import set_command
 from hwprune.zoo.specs import SPEC_HELP
@@ -224,6 +224,7 @@ def cmd_methods(a: argparse.Namespace) -> int:
 
     sections = [
         ("criteria (--criterion)", [(n, f"{d} [{', '.join(g)}]") for n, d, g in list_criteria()]),
+        ("language-model criteria (--criterion, with the granularity in brackets)", language_model_methods()),
         ("granularities (--granularity)", list(GRANULARITIES.items())),
         ("selection rules (--selection)", list_selections()),
         ("schedules (--schedule)", list(SCHEDULES.items())),

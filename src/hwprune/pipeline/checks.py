@@ -11,8 +11,7 @@ import torch
 
 from hwprune.core.budget import parse_budgets
 from hwprune.core.errors import HwpruneError
-from hwprune.importance import get_criterion
-from hwprune.pipeline.granularity import SCHEDULES, parse_granularity
+from hwprune.pipeline.granularity import SCHEDULES, check_criterion, parse_granularity
 from hwprune.plan.allocate import get_allocator
 from hwprune.plan.select import get_selection
 
@@ -106,8 +105,7 @@ def _check_method(m) -> None:
         raise _bad(m, "rounds", "must be at least 1")
     if m.scope not in ("layer", "global"):
         raise _bad(m, "scope", "must be layer or global")
-    if m.criterion:
-        get_criterion(m.criterion)
+    check_criterion(m)  # the criterion against the granularity (language-model methods: pipeline.granularity)
 
 
 def trust(cfg) -> float:

@@ -3,12 +3,15 @@
 Criterion x granularity x selection rule x schedule, with the same set-up, the same fine-tuning (distillation
 from the dense model) and the same final measurement and report as the budget method (pipeline.budget):
 
-- granularity `channel` | `head` | `block`: units physically removed (groups / apply.heads / apply.blocks),
-  scored by the criterion, chosen by the selection rule (plan.select), round by round as the schedule says,
-  with BatchNorm re-estimation and a share of the fine-tuning after every round;
+- granularity `channel` | `head` | `block` | `layer`: units physically removed (groups / apply.heads /
+  apply.blocks / apply.layers, a language model's decoder layers), scored by the criterion, chosen by the
+  selection rule (plan.select), round by round as the schedule says, with BatchNorm re-estimation and a share
+  of the fine-tuning after every round;
 - granularity `unstructured` | `N:M` | `blockRxC` (`block-sparse` = block4x1): weights masked
   (finetune.weights), saved compressed. Masks do not make dense kernels faster: the report's measured
-  latency says so;
+  latency says so. On a transformers model with decoder blocks, `--criterion magnitude | wanda | sparsegpt`
+  (one-shot) masks block by block on calibration text instead (apply.sequential, as in the Wanda and
+  SparseGPT papers), and the report gives held-out perplexity dense and pruned;
 - selection `hierarchical`: blocks first, then channels, then weights within what remains, each level
   removing `--sparsity` of what it sees.
 
@@ -34,14 +37,25 @@ from hwprune.apply.blocks import find_blocks, score_blocks
 from hwprune.apply.channels import apply_plan, recalibrate_bn
 from hwprune.apply.common import set_module
 from hwprune.apply.heads import remove_heads, score_heads
-from hwprune.apply.masks import apply_masks, get_masks, parse_pattern, prunable_layers, reapply_masks, sparsity_of
+from hwprune.apply.layers import DEFAULT_LAYER_CRITERION, remove_layers, score_layers
+from hwprune.apply.masks import (
+    apply_masks,
+    get_masks,
+    parse_pattern,
+    prunable_layers,
+    reapply_masks,
+    resolve_sparsity,
+    sparsity_of,
+)
+from hwprune.apply.sequential import SequentialConfig, prune_sequential
 from hwprune.core.errors import HwpruneError
 from hwprune.finetune.train import train_steps
 from hwprune.finetune.weights import WeightPruneConfig, prune_weights
 from hwprune.groups.analysis import analyze
 from hwprune.importance import compute_scores, get_criterion, normalized, weight_scores
 from hwprune.pipeline.context import METHODS, Outcome, Run
-from hwprune.pipeline.granularity import parse_granularity, ramp
+from hwprune.pipeline.granularity import SEQUENTIAL, parse_granularity, ramp
+from hwprune.pipeline.language import batch_perplexity, has_decoder_blocks, is_causal_lm, perplexity_note
 from hwprune.plan.plan import make_plan
 from hwprune.plan.select import select
 from hwprune.report.schema import GroupWidth
@@ -63,6 +77,8 @@ class MethodRecord:
     criterion: str
     sparsity: float | None
     rounds: list[dict] = field(default_factory=list)
+    #: A causal LM's held-out perplexity per token (`pipeline.language.batch_perplexity`): dense, pruned.
+    perplexity: dict | None = None
 
     def to_dict(self) -> dict:
         return {"format": "hwprune-method/1", **asdict(self)}
@@ -121,6 +137,13 @@ def _cut_units(kind: str, model, run: Run, calib, rule: str, kwargs: dict):
         if any(drop.values()):
             model = remove_heads(model, drop)
         return model, {n: len(d) for n, d in drop.items() if d}
+    if kind == "layer":
+        names, scores = score_layers(model, criterion, [x for x, _ in calib], seed)
+        kw = {k: v for k, v in kwargs.items() if k != "scope"}  # the layers are one set
+        keep = select(rule, {"layers": np.asarray(scores, dtype=np.float64)}, min_keep=1, **kw)["layers"]
+        drop = [i for i, k in enumerate(keep) if not k]
+        model = remove_layers(copy.deepcopy(model), drop)
+        return model, {names[i]: 1 for i in drop}
     blocks, scores = score_blocks(model, example, criterion, calib, **common)
     if not blocks:
         raise HwpruneError("the model has no removable residual block (x + f(x) with equal shapes)")
@@ -162,9 +185,72 @@ def _finetune_batches(run: Run) -> list:
     return list(run.data.epochs(ft.epochs, ft.batch_size, run.cfg.seed)) if run.data is not None else []
 
 
+def _sequential_applies(run: Run) -> bool:
+    """Whether the weight method runs block by block (apply.sequential): a sequential criterion, one-shot, on a
+    model with decoder blocks. `wanda` on other models (or on a schedule) is the element criterion; `magnitude`
+    and `sparsegpt` exist only block by block."""
+    m = run.cfg.method
+    if run.criterion not in SEQUENTIAL:
+        return False
+    if has_decoder_blocks(run.dense):
+        return run.criterion != "wanda" or (m.schedule == "one-shot" and m.scope == "layer")
+    if run.criterion == "wanda":
+        return False
+    raise HwpruneError(
+        f"--criterion {run.criterion} prunes a transformers model's decoder blocks one after another; "
+        f"{type(run.dense).__name__} has none: use --criterion l1 (|w|) or wanda for weight masks on any model"
+    )
+
+
+def _sequential(run: Run) -> Outcome:
+    """Magnitude, Wanda or SparseGPT block by block on the run's calibration batches, one-shot (apply.sequential);
+    fine-tuning, if asked, follows in the pipeline with the masks held."""
+    m = run.cfg.method
+    _, pattern = parse_granularity(m.granularity)
+    sparsity = resolve_sparsity(pattern, None if pattern.kind == "nm" else m.sparsity)
+    n = run.cfg.loop.calib_batches
+    calib = [x for x, _ in run.calibration(n, run.cfg.seed)[:n]]
+    cfg = SequentialConfig(
+        method=run.criterion, pattern=pattern.text, sparsity=None if pattern.kind == "nm" else sparsity
+    )
+    model = copy.deepcopy(run.dense)
+    masks = prune_sequential(model, calib, cfg)
+    run.log(f"  {run.criterion} {pattern.text}: {len(masks)} Linear layers masked block by block")
+    record = _record(run)
+    record.sparsity = sparsity
+    record.rounds.append(
+        {
+            "round": 1,
+            "level": "weight",
+            "method": run.criterion,
+            "pattern": pattern.text,
+            "calibration_batches": len(calib),
+            "removed": {k: int((~v).sum()) for k, v in masks.items()},
+        }
+    )
+    notes = [DENSE_KERNELS_NOTE]
+    _add_perplexity(run, model, record, notes, "one-shot (before any fine-tuning)")
+    return Outcome(model, record, run.score(model), finetuned=False, sections={"notes": notes})
+
+
+def _add_perplexity(run: Run, model, record: MethodRecord, notes: list[str], when: str) -> None:
+    """A causal LM's held-out perplexity, dense and pruned, in the method record and a report note."""
+    if run.data is None or not is_causal_lm(run.dense):
+        return
+    dense, pruned = batch_perplexity(run.dense, run.data.validation()), batch_perplexity(model, run.data.validation())
+    if dense is None or pruned is None:
+        return
+    record.perplexity = {"dense": dense.to_dict(), "pruned": pruned.to_dict(), "when": when}
+    notes.append(perplexity_note(dense, pruned, when))
+    run.log(f"  {notes[-1]}")
+
+
 @METHODS.register("weights")
 def weights_method(run: Run) -> Outcome:
-    """Weights masked to a pattern at a ratio, on a schedule during fine-tuning (finetune.weights)."""
+    """Weights masked to a pattern at a ratio, on a schedule during fine-tuning (finetune.weights); language
+    models' decoder blocks one after another with a sequential criterion (`_sequential`)."""
+    if _sequential_applies(run):
+        return _sequential(run)
     m, ft = run.cfg.method, run.cfg.finetune
     _, pattern = parse_granularity(m.granularity)
     record = _record(run)
@@ -245,10 +331,16 @@ def units_method(run: Run) -> Outcome:
     """Channels, heads or blocks removed by a score rule, round by round as the schedule says."""
     m = run.cfg.method
     kind, _ = parse_granularity(m.granularity)
+    if kind == "layer" and m.criterion is None:
+        run.criterion = DEFAULT_LAYER_CRITERION  # the run's default (l2) scores weights, not whole layers
     rule = "threshold" if m.schedule == "threshold-decay" else m.selection
     out = _rounds(run, [kind], _steps(m), rule, lambda step: _rule_kwargs(m, step))
     if kind == "channel":
         out.sections["groups"] = _group_widths(run.dense, out.model, run.example)
+    if kind == "layer":
+        notes = out.sections.setdefault("notes", [])
+        tuned = run.data is not None and run.cfg.finetune.epochs > 0  # _rounds fine-tunes between its rounds
+        _add_perplexity(run, out.model, out.plan, notes, "after pruning and fine-tuning" if tuned else "one-shot")
     return out
 
 
