@@ -15,7 +15,7 @@ from hwprune.core.errors import HwpruneError
 from hwprune.finetune import distributed
 from hwprune.importance import list_criteria
 from hwprune.pipeline.config import PruneConfig, flat_fields, options
-from hwprune.pipeline.granularity import SCHEDULES
+from hwprune.pipeline.granularity import SCHEDULES, language_model_methods
 from hwprune.pipeline.resume import RUN_JSON, STAGE
 from hwprune.plan.select import SELECTIONS
 from hwprune.report.files import budget_lines, text_table
@@ -31,7 +31,9 @@ SHARED = ("--target", "--threads")
 
 def _help(text: str, default) -> str:
     text = text.format(
-        criteria=", ".join(n for n, _, _ in list_criteria()),
+        criteria=", ".join(n for n, _, _ in list_criteria())
+        + "; language models: "
+        + ", ".join(dict(language_model_methods())),
         selections=", ".join(SELECTIONS.names()),
         schedules=", ".join(SCHEDULES),
     )
