@@ -48,7 +48,7 @@ def test_list_criteria_covers_the_registry():
     assert all(desc and "channel" in gran for desc, gran in listed.values())
     assert all(len(CRITERIA[n].aggregation) > 40 for n in listed)  # each states its group rule
     unit_only = {n for n, (_, gran) in listed.items() if WEIGHT not in gran}
-    assert unit_only == {"redundancy", "activation", "apoz", "loss-change"}
+    assert unit_only == {"redundancy", "activation", "apoz", "loss-change", "fluctuation"}
 
 
 def test_redundancy_by_hand():

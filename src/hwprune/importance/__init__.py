@@ -5,13 +5,14 @@
 - `stats`: the statistics criteria read (gradients, input column norms, group output statistics),
   gathered in hooked passes over calibration batches;
 - `units`: the rules measured on a whole group's output (activation, apoz, loss-change);
+- `fluctuation`: FLAP's input-variance importance, measured on the layers that read a group;
 - `scores`: scores per channel of every coupled group (`compute_scores`), per weight (`weight_scores`),
   and made comparable across groups (`normalized`).
 
 Importing any of them registers every criterion (this package imports `units`).
 """
 
-from hwprune.importance import units  # noqa: F401  (registers the unit criteria)
+from hwprune.importance import fluctuation, units  # noqa: F401  (register the unit criteria)
 from hwprune.importance.criteria import (
     ALL_GRANULARITIES,
     BLOCK,
