@@ -110,7 +110,7 @@ def test_batch_perplexity_by_hand_and_padding_is_left_out():
     assert got.tokens == 7 and got.perplexity == pytest.approx(float(keep.double().mean().exp()), rel=1e-5)
 
 
-def test_shortgpt_removes_the_lowest_block_influence_layers():
+def test_shortgpt_removes_the_lowest_block_influence_layers(tmp_path):
     dense, data = tiny_lm(4), lm_data()
     with torch.no_grad():  # layer 1 adds nothing: block influence 0
         dense.model.layers[1].self_attn.o_proj.weight.zero_()
@@ -128,6 +128,13 @@ def test_shortgpt_removes_the_lowest_block_influence_layers():
         kept_w, dense_w = res.model.model.layers[j].mlp.up_proj.weight, dense.model.layers[i].mlp.up_proj.weight
         torch.testing.assert_close(kept_w, dense_w)
     assert res.report.method["perplexity"]["pruned"]["perplexity"] > 0
+    # saved and rebuilt from the dense architecture by hwprune.load: the list is cut, the logits are the same
+    res.save(tmp_path / "o")
+    loaded = hwprune.load(tmp_path / "o" / "model", model=tiny_lm(4))
+    assert loaded.config.num_hidden_layers == 2 and [m.self_attn.layer_idx for m in loaded.model.layers] == [0, 1]
+    x = example()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, res.model(**x).logits, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from hwprune.apply.heads import HeadPrunedAttention
+from hwprune.apply.layers import find_layers, remove_layers
 from hwprune.core.errors import HwpruneError
 from hwprune.core.files import atomic_directory
 from hwprune.export.sparse import read_sparse, restore_masks, split_sparse
@@ -139,6 +140,25 @@ def save_model(
     return Path(directory)
 
 
+def _cut_layers(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """A transformers decoder saved after depth pruning (`hwprune.apply.layers`) has fewer layers than its source
+    builds, renumbered 0..n-1: the source's list is cut to its first n (config and layer_idx follow). Which layers
+    were kept is not recorded, so a config whose layers differ in kind (`layer_types`) is refused."""
+    try:
+        name, layers = find_layers(model)
+    except HwpruneError:
+        return
+    n = sum(any(k.startswith(f"{name}.{i}.") for k in state) for i in range(len(layers)))
+    if not 0 < n < len(layers):
+        return
+    if len(set(getattr(model.config, "layer_types", None) or [])) > 1:
+        raise HwpruneError(
+            f"saved model keeps {n} of {len(layers)} decoder layers of different kinds (layer_types) and does not "
+            "say which: load its pretrained/ directory with transformers from_pretrained"
+        )
+    remove_layers(model, range(n, len(layers)))
+
+
 def _narrow(model: nn.Module, spec: dict, state: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     for name, attrs in spec["modules"].items():
@@ -188,6 +208,7 @@ def load(
             raise HwpruneError(f"{directory}: pass the dense architecture to rebuild it (load(dir, model=...))")
         model = builder(spec["source"])
     _replace_modules(model, spec.get("replaced", {}))
+    _cut_layers(model, state)
     _narrow(model, spec, state)
     try:
         model.load_state_dict(state, strict=True)
