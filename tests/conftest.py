@@ -56,6 +56,7 @@ def _layer_seconds(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> flo
 @register_target("analytic-test")
 class AnalyticTarget:
     description = "tests only: 1 us + 10 ps per MAC for every conv/linear, plus 50 us per model call"
+    eager = True  # it calls the model in this process: a decode step (hardware.regime) can be "timed" on it
 
     def __init__(self, threads=None):
         self.threads = 1

@@ -7,7 +7,10 @@ One or more comma-separated `KIND=VALUE` terms, each KIND at most once, all enfo
   `GiB` powers of 1024), or a fraction of the dense model's;
 - `energy=2mJ`: energy per inference from the target's energy model (`J`, `mJ`, `uJ`), or a fraction;
 - `params=1.5M`, `macs=300M`: counts (`K`, `M`, `G` suffixes; a bare whole number above 1 is a count too),
-  or a fraction.
+  or a fraction;
+- `prefill=0.5` / `decode=0.7`: latency of a causal language model in one regime, as `latency=`: prefill
+  is the prompt in one call (the example inputs), decode one token with the KV cache at the prompt's length
+  as context (`hwprune.hardware.regime`). One regime is budgeted per run; the other is measured and reported.
 
 A fraction is in (0, 1]: 1 keeps the dense figure. A bare number (`0.5`) is a latency fraction of dense.
 Every malformed term is a one-line `HwpruneError` that names the term and what to write instead.
@@ -15,6 +18,7 @@ Every malformed term is a one-line `HwpruneError` that names the term and what t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +36,8 @@ UNITS: dict[str, tuple[dict[str, float], str]] = {
     "params": ({"k": 1e3, "m": 1e6, "g": 1e9}, ""),
     "macs": ({"k": 1e3, "m": 1e6, "g": 1e9}, ""),
 }
+#: Budget kinds that are latency in a regime of a causal language model (`hwprune.hardware.regime`).
+REGIME_KINDS = ("prefill", "decode")
 #: The suffix `Budget.to_text` writes an absolute amount in: the base unit (multiplier 1), so the text
 #: holds the exact float.
 _CANONICAL_UNIT = {"latency": "s", "memory": "B", "energy": "J"}
@@ -46,6 +52,8 @@ class Budget:
     relative: bool
     value: float  # fraction of the dense model's figure, or an absolute amount in the kind's base unit
     text: str
+    #: A latency budget's regime (`prefill`, `decode`); None: the model called on its example inputs.
+    regime: str | None = None
 
     def limit(self, dense: float) -> float:
         """The absolute limit, given the dense model's figure of the same kind."""
@@ -58,11 +66,12 @@ class Budget:
 
     def to_text(self) -> str:
         """A term that parses back to this budget's kind, relative flag and value exactly."""
+        name = self.regime or self.kind
         if self.relative:
-            return f"{self.kind}={self.value!r}"
+            return f"{name}={self.value!r}"
         if self.kind in ("params", "macs"):  # a whole count; a bare 1 would read as the fraction 1
             return f"{self.kind}={int(self.value)}" if self.value > 1 else f"{self.kind}=0.001K"
-        return f"{self.kind}={self.value!r}{_CANONICAL_UNIT[self.kind]}"
+        return f"{name}={self.value!r}{_CANONICAL_UNIT[self.kind]}"
 
 
 def format_amount(kind: str, value: float) -> str:
@@ -85,10 +94,13 @@ def _split_kind(raw: str) -> tuple[str, str]:
         return "latency", raw
     kind, _, val = raw.partition("=")
     kind = kind.strip().lower()
+    if kind in REGIME_KINDS:
+        kind = "latency"  # its regime is read off the term again in _parse_one
     if not kind:
         raise _fail(raw, f"missing the kind before '='; use one of {', '.join(UNITS)} (e.g. {EXAMPLES})")
     if kind not in UNITS:
-        raise _fail(raw, f"unknown kind '{kind}'; use one of {', '.join(UNITS)} (e.g. {EXAMPLES})")
+        kinds = ", ".join((*UNITS, *REGIME_KINDS))
+        raise _fail(raw, f"unknown kind '{kind}'; use one of {kinds} (e.g. {EXAMPLES})")
     if not val.strip():
         raise _fail(raw, f"no value after '='; give a fraction like 0.5 or an amount like {_example(kind)}")
     return kind, val
@@ -114,6 +126,12 @@ def _absolute(raw: str, kind: str, number: float, unit: str) -> Budget:
 
 
 def _parse_one(term: str) -> Budget:
+    b = _parse_amount(term)
+    regime = term.partition("=")[0].strip().lower() if "=" in term else None
+    return dataclasses.replace(b, regime=regime) if regime in REGIME_KINDS else b
+
+
+def _parse_amount(term: str) -> Budget:
     raw = term.strip()
     kind, val = _split_kind(raw)
     if _NONFINITE.fullmatch(val):
@@ -157,6 +175,11 @@ def parse_budgets(text: str) -> list[Budget]:
     for b in budgets:
         if b.kind in seen:
             first = seen[b.kind]
+            if first.regime != b.regime:
+                raise HwpruneError(
+                    f"--budget {text!r}: {first.text} and {b.text} both budget latency; give one "
+                    "(prefill= or decode=), the other regime's latency is measured and reported"
+                )
             clash = "repeat each other" if (first.relative, first.value) == (b.relative, b.value) else "contradict"
             raise HwpruneError(
                 f"--budget {text!r}: '{b.kind}' is given more than once ({first.text} and {b.text} {clash}); keep one"

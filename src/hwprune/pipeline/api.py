@@ -29,6 +29,7 @@ from hwprune.finetune import distributed
 from hwprune.finetune.trainer import FitResult, TrainConfig, fit, resolve_device, to_device
 from hwprune.hardware.base import Target
 from hwprune.hardware.targets import get_target
+from hwprune.pipeline import regimes
 from hwprune.pipeline import resume as resume_stage
 from hwprune.pipeline.checks import check_data, check_outputs, check_weights, fit_error
 from hwprune.pipeline.config import FinetuneConfig, MethodConfig, PruneConfig
@@ -154,7 +155,24 @@ def _setup(model, example_inputs, cfg: PruneConfig, target, data, loss_fn, metri
     if _fine_tunes(cfg) and data is not None:
         cfg.finetune.check_here(model, cfg.seed)  # fp16 without a GPU, a feature name that is no module
     criterion = cfg.method.criterion or DEFAULT_CRITERION
-    return Run(cfg, model, example_inputs, target, budgets, data, loss_fn, metric, progress, criterion, classes=classes)
+    regime = regimes.budgeted_regime(budgets)
+    prompt = example_inputs
+    target, example_inputs = regimes.setup(model, example_inputs, target, regime)
+    return Run(
+        cfg,
+        model,
+        example_inputs,
+        target,
+        budgets,
+        data,
+        loss_fn,
+        metric,
+        progress,
+        criterion,
+        classes=classes,
+        regime=regime,
+        prompt=prompt,
+    )
 
 
 #: Which channels go when none is named: squared magnitude (Torch-Pruning's default too). It was Taylor
@@ -385,6 +403,7 @@ def _measure_and_report(run: Run, kind: str, out: Outcome, model_name: str | Non
         sections["t_plan"] = run.target.time_models([run.dense], run.example)[0].median
     dense_figures = sections.get("dense_figures") or _dense_figures(run, sections["t_plan"])
     figures = final_figures(run, out.model, sections["t_plan"], dense_figures)
+    figures["regimes"] = regimes.figures(run, out.model, figures)
     run.stages["evaluate_s"] = time.perf_counter() - t0
     run.stages["total_s"] = time.perf_counter() - t_start
     report = _report(run, kind, out, figures, model_name)

@@ -39,6 +39,10 @@ class Run:
     monitor: MachineMonitor = field(default_factory=MachineMonitor)
     #: Width of the dense model's output on the data (its class count), from the set-up checks.
     classes: int | None = None
+    #: A causal LM's budgeted latency regime (prefill, decode; `pipeline.regimes`) and its prompt (the example
+    #: inputs as given: under decode, `example` is one token per sequence and the prompt is the KV cache's context).
+    regime: str | None = None
+    prompt: object = None
 
     def log(self, msg: str) -> None:
         if self.progress:

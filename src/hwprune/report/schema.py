@@ -201,6 +201,21 @@ class Training:
 
 
 @dataclass
+class RegimeFigure:
+    """A causal language model's latency in one regime, dense against pruned, interleaved: the budgeted regime
+    (the run's final measurement) and the other one (measured after it)."""
+
+    regime: str  # prefill | decode
+    #: What one timed call is: "batch 1 x 256 tokens" (prefill), "1 token per sequence, context 256" (decode).
+    call: str
+    dense_ms: float
+    pruned_ms: float
+    ratio: float
+    ratio_ci: list[float]
+    budgeted: bool
+
+
+@dataclass
 class Staircase:
     """One group's measured latency over its width: the table's layers that read or write the group, summed
     at each candidate width with every other group at its pruned width (the staircase the allocator saw)."""
@@ -272,6 +287,8 @@ class Report:
     #: The command that reproduces the run (the CLI's own argv; None from the Python API).
     command: str | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
+    #: Causal language models with a prefill= or decode= budget: latency in both regimes.
+    regimes: list[RegimeFigure] = field(default_factory=list)
     format: str = REPORT_FORMAT
 
     def to_dict(self) -> dict:

@@ -274,6 +274,23 @@ def machine_text(r: Report) -> list[str]:
     ]
 
 
+def regime_table(r: Report) -> tuple[list[str], list[list[str]]]:
+    """A causal LM's latency in both regimes: the budgeted one is the run's final measurement."""
+    head = ["regime", "one call", "dense, ms", "pruned, ms", "pruned / dense [95% CI]", ""]
+    rows = [
+        [
+            f.regime,
+            f.call,
+            f"{f.dense_ms:.3f}",
+            f"{f.pruned_ms:.3f}",
+            f"{f.ratio:.3f} [{f.ratio_ci[0]:.3f}, {f.ratio_ci[1]:.3f}]",
+            "budgeted" if f.budgeted else "measured after",
+        ]
+        for f in r.regimes
+    ]
+    return head, rows
+
+
 def markdown(r: Report, out: str = "OUT") -> str:
     lines = [
         *[f"**{line}**\n" for line in warnings(r)],
@@ -292,6 +309,8 @@ def markdown(r: Report, out: str = "OUT") -> str:
         *measurement_lines(r),
     ]
     lines += _deployment_lines(r.deployment)
+    if r.regimes:
+        lines += ["", "## Prefill and decode", "", *_md_table(*regime_table(r))]
     if r.evaluations:
         lines += ["", "## Evaluated after the run", ""]
         rows = [[f"`{e.model}`", e.data, _acc(e.metric), str(e.batches)] for e in r.evaluations]
