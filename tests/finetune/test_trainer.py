@@ -8,8 +8,10 @@ import torch
 from conftest import accuracy, toy_net
 
 import hwprune.finetune.distill as distill
+import hwprune.finetune.trainer as trainer
 from hwprune.core.errors import HwpruneError
 from hwprune.finetune.trainer import TrainConfig, TrainConfigError, fit
+from hwprune.zoo.text import cosine_loss
 
 
 def test_fit_learns_the_task_and_reports_its_figures(data):
@@ -207,3 +209,32 @@ def test_an_unlabelled_loader_distils_and_counts_its_samples():
     assert res.steps == 10
     assert res.samples == 80 and res.samples_per_s > 0
     assert isinstance(res.final_loss, float) and math.isfinite(res.final_loss)
+
+
+class _Embedder(torch.nn.Module):
+    """A sentence-encoder stand-in: its outputs are embeddings, its targets the dense model's (zoo.text)."""
+
+    hwprune_output = "embedding"
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+
+    def forward(self, x):
+        return torch.nn.functional.normalize(self.body(x), dim=-1)
+
+
+def test_an_embedder_distils_its_features_from_the_teacher_without_a_logit_term(monkeypatch):
+    teacher, student = _Embedder(0).eval(), _Embedder(1)
+    x = torch.randn(64, 6)
+    with torch.no_grad():
+        batches = [(x[i : i + 16], teacher(x[i : i + 16])) for i in range(0, 64, 16)]
+    feature_losses, logit_terms = [], []
+    orig = distill.FeatureDistiller.loss
+    monkeypatch.setattr(distill.FeatureDistiller, "loss", lambda s, a: feature_losses.append(1) or orig(s, a))
+    kd = trainer.kd_loss
+    monkeypatch.setattr(trainer, "kd_loss", lambda out, y, t, *a: logit_terms.append(t) or kd(out, y, t, *a))
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, kd_features=("body.0",))
+    fit(student, batches, cfg, teacher=teacher, loss_fn=cosine_loss, progress=False)
+    assert len(feature_losses) == 12 and logit_terms == [None] * 12  # features from the teacher; embeddings: cosine

@@ -151,8 +151,11 @@ class _Loop:
         if config.kd_features and teacher is None:
             raise TrainConfigError("kd_features", ",".join(config.kd_features), "feature distillation needs a teacher")
         self.model, self.home = model, next((p.device for p in model.parameters()), torch.device("cpu"))
-        if getattr(model, "hwprune_output", None) == "embedding":
-            teacher = None  # embeddings are not class scores: their targets (the dense embeddings) are the distillation
+        # Embeddings are not class scores: their targets (the dense embeddings) are the distillation, and the
+        # teacher runs only for its features (kd_features), if any.
+        self.kd_logits = getattr(model, "hwprune_output", None) != "embedding"
+        if not (self.kd_logits or config.kd_features):
+            teacher = None
         self.teacher = teacher
         self.teacher_home = next((p.device for p in teacher.parameters()), None) if teacher is not None else None
         model.to(self.device)
@@ -250,7 +253,7 @@ class _Loop:
             out = primary_output(self.wrapped(x))
             with torch.no_grad():
                 t = primary_output(call(self.teacher, x)) if self.teacher is not None else None
-            t = t.float() if t is not None else None
+            t = t.float() if t is not None and self.kd_logits else None
             loss = kd_loss(out.float(), y, t, c.kd_alpha, c.kd_temperature, self.loss_fn, self.dim)
             if self.features is not None:
                 loss = loss + c.kd_feature_weight * self.features.loss(self.student.adapters)
