@@ -15,17 +15,23 @@ one, interleaved (`cpu` target, the run's batch and sequence length), with a 95%
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
 from _common import save, table
 
 from hwprune.apply.channels import apply_plan
+from hwprune.finetune.trainer import TrainConfig, fit
 from hwprune.hardware.targets import get_target
 from hwprune.hardware.timing import ratio_estimate
 from hwprune.plan.plan import Plan
 from hwprune.zoo import text
 from hwprune.zoo.specs import load_saved, resolve
+from hwprune.zoo.userdata import resolve_data
+
+#: The encoder layers whose outputs `--kd-feature-weight` distils.
+LAYERS = tuple(f"encoder.encoder.layer.{i}" for i in range(6))
 
 
 def embed(model, batches) -> torch.Tensor:
@@ -51,7 +57,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="as the run was pruned at")
     ap.add_argument("--seq-len", type=int, default=128, help="as the run was pruned at")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--ablate", type=int, default=None, metavar="STEPS", help="distil the plan this many steps")
+    ap.add_argument("--kd-feature-weight", type=float, default=0.0, help="--ablate: weight of the layer MSE")
     a = ap.parse_args()
+    if a.ablate is not None:
+        ablate(Path(a.run), a.batch_size, a.seq_len, a.ablate, a.kd_feature_weight)
+        return
     run = Path(a.run)
     batch, seq = a.batch_size, a.seq_len
     ref = resolve("example:minilm", batch, seq_len=seq)
@@ -76,6 +87,33 @@ def main() -> None:
     print(table(["model", "mean cosine to dense", "same nearest neighbour"], rows))
     print(f"re-measured latency, distilled / dense: {r.value:.3f} [{r.low:.3f}, {r.high:.3f}] (95%)")
     save(a.json, payload)
+
+
+def fidelity(model, batches, e_dense) -> tuple[float, float]:
+    e = embed(model, batches)
+    return float(torch.nn.functional.cosine_similarity(e, e_dense).mean()), nn_agreement(e_dense, e)
+
+
+def ablate(run: Path, batch: int, seq: int, steps: int, feature_weight: float) -> None:
+    ref = resolve("example:minilm", batch, seq_len=seq)
+    dense, example = ref.model, ref.example_inputs
+    data = resolve_data("python-docs", example, ref.tokenizer, dense)
+    model = apply_plan(dense, example, Plan.load(run / "plan.json"))
+    _, held_out = text.split(text.python_docs())
+    batches = text.encode(ref.tokenizer, held_out, batch, seq)
+    e_dense = embed(dense, batches)
+    cos, agree = fidelity(model, batches, e_dense)
+    print(f"one-shot: mean cosine {cos:.4f}, same nearest neighbour {100 * agree:.1f}%")
+    for p in model.encoder.embeddings.parameters():
+        p.requires_grad_(False)
+    feats = LAYERS if feature_weight else ()
+    cfg = TrainConfig(steps=steps, lr=3e-4, kd_features=feats, kd_feature_weight=feature_weight or 1.0)
+    t0 = time.perf_counter()
+    fit(model, data, cfg, teacher=dense, loss_fn=text.cosine_loss, progress=False)
+    cos, agree = fidelity(model, batches, e_dense)
+    what = f"cosine + {feature_weight:g} x layer MSE" if feature_weight else "cosine"
+    took = time.perf_counter() - t0
+    print(f"{steps} steps ({what}, {took:.0f} s): mean cosine {cos:.4f}, same nearest neighbour {100 * agree:.1f}%")
 
 
 if __name__ == "__main__":
