@@ -2,12 +2,12 @@
 
 import pytest
 
+import hwprune.pipeline.api  # noqa: F401  (importing the pipeline registers its methods, as `hwprune prune` does)
 from hwprune.apply.blocks import BLOCK_CRITERIA
 from hwprune.core.errors import HwpruneError
 from hwprune.core.registry import Registry
 from hwprune.hardware.targets import TARGETS
 from hwprune.importance import CRITERIA
-import hwprune.pipeline.api  # noqa: F401  (importing the pipeline registers its methods, as `hwprune prune` does)
 from hwprune.pipeline.context import METHODS
 from hwprune.plan.allocate import ALLOCATORS
 from hwprune.plan.select import SELECTIONS
