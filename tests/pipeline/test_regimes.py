@@ -5,9 +5,11 @@ import torch
 
 import hwprune
 from hwprune.core.budget import parse_budgets
+from hwprune.core.data import LoaderData
 from hwprune.core.errors import HwpruneError
 from hwprune.hardware.regime import DecodeTarget, decode_inputs
 from hwprune.hardware.targets import get_target
+from hwprune.report.text import summary_rows
 from hwprune.zoo import hf
 
 LLAMA = {
@@ -76,3 +78,17 @@ def test_decode_is_timed_only_where_the_model_runs_in_this_process(llama):
     model, x = llama
     with pytest.raises(HwpruneError, match="timed on cpu only"):
         DecodeTarget(get_target("sim:jetson-orin-nano"), x["input_ids"])
+
+
+def test_a_causal_lm_run_reports_held_out_perplexity_one_shot_and_after_fine_tuning(llama):
+    model, x = llama
+    gen = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 64, (4, 24), generator=gen)} for _ in range(6)]
+    data = LoaderData(batches[:4], batches[4:])  # unlabelled: fine-tuning distils from the dense model
+    res = hwprune.prune(model, x, budget="prefill=0.7", target="analytic-test", data=data, finetune=1, progress=False)
+    d, p = res.report.dense, res.report.pruned
+    # Random weights on random tokens: about the vocabulary size (64) dense, and a number for each stage.
+    assert 32 < d.perplexity < 128 and p.perplexity > 1 and p.perplexity_oneshot > 1
+    assert p.perplexity != p.perplexity_oneshot  # fine-tuning moved the model
+    row = [r for r in summary_rows(res.report) if r[0] == "perplexity per token, held out"]
+    assert row == [(row[0][0], f"{d.perplexity:.3f}", f"{p.perplexity:.3f} (one-shot {p.perplexity_oneshot:.3f})")]

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
+from hwprune.core.modules import is_transformers_model
 from hwprune.hardware.timing import Timing
 
 REGIMES = ("prefill", "decode")
@@ -33,9 +34,8 @@ DECODE_TARGETS = ("cpu",)
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """A transformers model that generates (it takes `past_key_values` and returns a cache)."""
-    can = getattr(model, "can_generate", None)
-    return bool(callable(can) and can())
+    """A transformers decoder-only language model (`...ForCausalLM`): it takes and returns a KV cache."""
+    return is_transformers_model(model) and type(model).__name__.endswith("ForCausalLM")
 
 
 def decode_inputs(example) -> dict:

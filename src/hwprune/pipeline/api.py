@@ -36,6 +36,7 @@ from hwprune.pipeline.config import FinetuneConfig, MethodConfig, PruneConfig
 from hwprune.pipeline.context import METHODS, Outcome, Run
 from hwprune.pipeline.deploy import deploy
 from hwprune.pipeline.figures import final_figures
+from hwprune.pipeline.language import batch_perplexity, is_causal_lm
 from hwprune.pipeline.methods import method_kind, weight_sparsity
 from hwprune.report.files import write_outputs
 from hwprune.report.schema import Report, Training
@@ -385,6 +386,7 @@ def prune(
         resume_stage.start(checkpoints, cfg)
     kind = method_kind(cfg)
     out = _prune_or_resume(run, kind, checkpoints, resume is not None)
+    ppl_oneshot = _perplexity(run, out.model) if resume is None and not out.finetuned else None
     t0 = time.perf_counter()
     training = _finetune(run, out, checkpoints, resume is not None)
     run.stages["finetune_s"] = time.perf_counter() - t0
@@ -392,7 +394,17 @@ def prune(
         return PruneResult(out.model, run.dense, out.plan, None, source or object_source(model))
     report, files = _measure_and_report(run, kind, out, model_name, t_start)
     report.training = training
+    report.dense.perplexity, report.pruned.perplexity = _perplexity(run, run.dense), _perplexity(run, out.model)
+    report.pruned.perplexity_oneshot = ppl_oneshot
     return PruneResult(out.model, run.dense, out.plan, report, source or object_source(model), files)
+
+
+def _perplexity(run: Run, model: nn.Module) -> float | None:
+    """A causal LM's held-out perplexity per token on the run's validation batches (None for other models)."""
+    if run.data is None or not is_causal_lm(run.dense):
+        return None
+    p = batch_perplexity(model, run.data.validation())
+    return p.perplexity if p is not None else None
 
 
 def _measure_and_report(run: Run, kind: str, out: Outcome, model_name: str | None, t_start: float):

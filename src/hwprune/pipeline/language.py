@@ -15,6 +15,7 @@ from hwprune.apply.sequential import find_blocks
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import eval_mode, is_transformers_model, logits
 from hwprune.evaluate.perplexity import Perplexity
+from hwprune.hardware.regime import is_causal_lm  # noqa: F401  (the pipeline's test for a causal LM)
 
 
 def has_decoder_blocks(model: nn.Module) -> bool:
@@ -27,10 +28,6 @@ def has_decoder_blocks(model: nn.Module) -> bool:
     except HwpruneError:
         return False
     return True
-
-
-def is_causal_lm(model: nn.Module) -> bool:
-    return is_transformers_model(model) and type(model).__name__.endswith("ForCausalLM")
 
 
 def batch_perplexity(model: nn.Module, batches: Iterable) -> Perplexity | None:

@@ -53,6 +53,10 @@ class ModelFigures:
     energy_j: float | None = None
     accuracy: float | None = None
     accuracy_oneshot: float | None = None
+    #: A causal language model's held-out perplexity per token (the run's validation batches), after the run
+    #: and one-shot (before fine-tuning).
+    perplexity: float | None = None
+    perplexity_oneshot: float | None = None
 
 
 @dataclass

@@ -34,6 +34,13 @@ def _acc(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
 
+def _perplexity_row(d, p) -> list[tuple[str, str, str]]:
+    if d.perplexity is None or p.perplexity is None:
+        return []
+    oneshot = f" (one-shot {p.perplexity_oneshot:.3f})" if p.perplexity_oneshot is not None else ""
+    return [("perplexity per token, held out", f"{d.perplexity:.3f}", f"{p.perplexity:.3f}{oneshot}")]
+
+
 def summary_rows(r: Report) -> list[tuple[str, str, str]]:
     d, p = r.dense, r.pruned
     lo, hi = r.measured_latency_ci_ms
@@ -50,6 +57,7 @@ def summary_rows(r: Report) -> list[tuple[str, str, str]]:
             f"{r.speedup:.2f}x [{r.speedup_ci[0]:.2f}, {r.speedup_ci[1]:.2f}]",
         ),
         ("accuracy", _acc(d.accuracy), _acc(p.accuracy)),
+        *_perplexity_row(d, p),
         ("MACs", f"{d.macs / 1e6:.1f} M", f"{p.macs / 1e6:.1f} M ({r.macs_ratio or 0:.2f}x)"),
         ("parameters", f"{d.params / 1e6:.3f} M", f"{p.params / 1e6:.3f} M"),
         ("size", f"{d.size_bytes / 2**20:.2f} MiB", f"{p.size_bytes / 2**20:.2f} MiB ({r.compression:.2f}x)"),
