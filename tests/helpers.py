@@ -1,5 +1,7 @@
 """Helpers shared by tests of several stages."""
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -27,6 +29,17 @@ def uniformly_pruned(model_fn, frac=0.5):
 def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
     """|w| of every Linear and Conv2d weight, by module name: the simplest per-weight score."""
     return {n: m.weight.detach().abs() for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models run fastest on one thread; with two, on a loaded 2-core machine each op waits for a core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def run_cli(capsys, *argv):
@@ -85,19 +98,29 @@ def synthetic_problem(model_fn, seed=0, scale=None):
     return Problem(cost, {g.id: g.candidates for g in analysis.groups}, scores)
 
 
-def tiny_llama(kv_heads: int = 2):
-    """A 2-layer Llama with grouped-query attention (4 query heads of 16, `kv_heads` KV heads), seeded."""
+def tiny_llama(
+    kv_heads: int = 2,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    head_dim: int = 16,
+    ffn: int = 96,
+    vocab: int = 100,
+    use_cache: bool = False,
+    seed: int = 0,
+):
+    """A Llama with grouped-query attention (4 query heads of `head_dim`, `kv_heads` KV heads), seeded."""
     import transformers  # noqa: PLC0415  (tests that use it importorskip transformers first)
 
     cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=kv_heads,
-        intermediate_size=96,
-        vocab_size=100,
-        head_dim=16,
-        use_cache=False,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        head_dim=head_dim,
+        use_cache=use_cache,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from helpers import one_thread, tiny_llama
 
 from hwprune.apply.layers import block_influence, find_layers, remove_layers, score_layers
 from hwprune.core.errors import HwpruneError
@@ -14,26 +15,13 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny models run fastest on one thread; with two, on a loaded 2-core machine each op waits for a core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 def tiny_lm(layers=4, seed=0):
     """A Llama of width 32 with `layers` decoder layers (4 query heads of 8 sharing 2 KV heads), seeded."""
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        vocab_size=50,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama(hidden=32, layers=layers, head_dim=8, ffn=64, vocab=50, use_cache=True, seed=seed)
 
 
 def batches(n=3, seq=12, seed=0):

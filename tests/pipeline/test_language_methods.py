@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, one_thread, run_cli, tiny_llama
 
 import hwprune
 from hwprune.apply.layers import block_influence
@@ -24,11 +24,8 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny models run fastest on one thread; with two, on a loaded 2-core machine each op waits for a core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 VOCAB, SEQ = 50, 16
@@ -37,17 +34,7 @@ QUIET = {"target": "analytic-test", "progress": False}
 
 
 def tiny_lm(layers=3):
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        vocab_size=VOCAB,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama(hidden=32, layers=layers, head_dim=8, ffn=64, vocab=VOCAB, use_cache=True)
 
 
 def lm_data(n_train=6, n_val=3, batch=4):
@@ -164,6 +151,7 @@ def test_sparsegpt_on_a_model_without_decoder_blocks_says_what_to_use():
 MODEL_FILE = """
 import torch, transformers
 from hwprune.core.data import LoaderData
+from helpers import one_thread, tiny_llama
 
 def build():
     cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

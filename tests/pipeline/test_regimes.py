@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 import hwprune
 from hwprune.core.budget import parse_budgets
@@ -10,27 +11,13 @@ from hwprune.core.errors import HwpruneError
 from hwprune.hardware.regime import DecodeTarget, decode_inputs
 from hwprune.hardware.targets import get_target
 from hwprune.report.text import summary_rows
-from hwprune.zoo import hf
-
-LLAMA = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 64,
-    "hidden_size": 256,
-    "intermediate_size": 1024,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": False,
-}
 
 
 @pytest.fixture
 def llama():
-    torch.manual_seed(0)
-    return hf.from_config(LLAMA).eval(), {"input_ids": torch.randint(0, 64, (2, 24))}
+    pytest.importorskip("transformers")
+    model = tiny_llama(hidden=256, head_dim=64, ffn=1024, vocab=64, use_cache=True)
+    return model, {"input_ids": torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(0))}
 
 
 def test_regime_budgets_parse_as_latency_and_round_trip():
