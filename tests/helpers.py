@@ -31,6 +31,18 @@ def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().abs() for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
+def mlp3():
+    """A seeded 12 -> 24 -> 3 MLP: the smallest classifier a pipeline run prunes and fine-tunes."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+
+
+def mlp3_batches():
+    """Six seeded (16 x 12 inputs, 3-class labels) batches for `mlp3`."""
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 12, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(6)]
+
+
 @contextlib.contextmanager
 def one_thread():
     """Tiny models run fastest on one thread; with two, on a loaded 2-core machine each op waits for a core."""

@@ -2,24 +2,14 @@
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from helpers import mlp3, mlp3_batches
 
 import hwprune
 from hwprune.core.errors import HwpruneError
 
 # A loader smaller than the calibration request once left the sensitivity probe an empty batch list (NaN loss).
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
-
-
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
-
-
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 12, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(6)]
 
 
 @pytest.mark.parametrize("method", [{"criterion": "taylor", "sparsity": 0.5}, {"criterion": "taylor"}])
@@ -33,14 +23,14 @@ def test_custom_loss_scores_the_channels(method):
     kw = {"budget": "params=0.7"} if "sparsity" not in method else {}
     x = torch.randn(4, 12)
     hwprune.prune(
-        _net(), x, method=method, data=_batches(), loss_fn=loss_fn, target="analytic-test", progress=False, **kw
+        mlp3(), x, method=method, data=mlp3_batches(), loss_fn=loss_fn, target="analytic-test", progress=False, **kw
     )
     assert calls and all(s[-1] == 3 for s in calls)  # taylor's gradients came from the user's loss
 
 
 def test_finetune_without_data_names_the_python_argument():
     with pytest.raises(HwpruneError, match=r"pass data=\.\.\. to hwprune\.prune"):
-        hwprune.prune(_net(), torch.randn(4, 12), finetune=2, target="analytic-test", progress=False)
+        hwprune.prune(mlp3(), torch.randn(4, 12), finetune=2, target="analytic-test", progress=False)
 
 
 def test_a_language_model_is_trained_on_its_vocabulary_dimension_without_a_loss_fn():

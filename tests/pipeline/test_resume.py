@@ -5,23 +5,12 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
+from helpers import mlp3, mlp3_batches
 
 import hwprune
 import hwprune.finetune.trainer as trainer
 import hwprune.pipeline.api as api
 from hwprune.core.errors import HwpruneError
-
-
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
-
-
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 12, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(6)]
-
 
 X = torch.randn(4, 12)
 
@@ -29,7 +18,7 @@ X = torch.randn(4, 12)
 def _prune(**kw):
     ft = {"epochs": 3, "batch_size": 16, "checkpoint_every": 2, **kw.pop("ft", {})}
     return hwprune.prune(
-        _net(), X, budget="params=0.6", target="analytic-test", data=_batches(), finetune=ft, progress=False, **kw
+        mlp3(), X, budget="params=0.6", target="analytic-test", data=mlp3_batches(), finetune=ft, progress=False, **kw
     )
 
 
