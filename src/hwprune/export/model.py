@@ -15,6 +15,7 @@ their attributes. The architecture therefore comes from the caller (`model=`), a
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,6 +211,10 @@ def load(
     _replace_modules(model, spec.get("replaced", {}))
     _cut_layers(model, state)
     _narrow(model, spec, state)
+    # safetensors keeps tensors only; modules that check their state-dict version on load (torchvision's
+    # MNASNet raises without one) get the versions of the architecture they are loaded into.
+    state = OrderedDict(state)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
