@@ -168,8 +168,17 @@ class Profiler:
 
 
 def layer_candidates(layer: LayerInfo, cands: dict[str, list[int]]) -> tuple[list[int], list[int]]:
-    """The input and output widths a layer takes as its groups take their candidate widths."""
-    in_c = [c * layer.in_mult for c in cands[layer.in_group]] if layer.in_group in cands else [layer.in_channels]
+    """The input and output widths a layer takes as its groups take their candidate widths (a concatenated
+    input: its parts at the same rank of their candidates, from all narrowest to all dense)."""
+    parts = [(cands[g], n, m) for g, n, m in layer.in_parts if g in cands]
+    if parts:
+        fixed = layer.in_channels - sum(n for _, n, _ in parts)
+        ranks = np.linspace(0.0, 1.0, max(len(c) for c, _, _ in parts))
+        in_c = sorted({fixed + sum(c[round(q * (len(c) - 1))] * m for c, _, m in parts) for q in ranks})
+    elif layer.in_group in cands:
+        in_c = [c * layer.in_mult for c in cands[layer.in_group]]
+    else:
+        in_c = [layer.in_channels]
     out_c = [c // layer.out_div for c in cands[layer.out_group]] if layer.out_group in cands else [layer.out_channels]
     return in_c, out_c
 
@@ -419,7 +428,7 @@ class CostModel:
     def group_costs(self, g_id: str, widths: dict[str, int], candidates: list[int]) -> np.ndarray:
         """Latency of everything that depends on group `g_id`, at each candidate, others held at `widths`."""
         out = np.zeros(len(candidates))
-        touching = [la for la in self.analysis.layers if g_id in (la.in_group, la.out_group)]
+        touching = [la for la in self.analysis.layers if g_id == la.out_group or g_id in la.in_groups]
         for j, w in enumerate(candidates):
             trial = {**widths, g_id: w}
             out[j] = sum(self.curves[la.name](*self._widths_of(la, trial)) for la in touching)

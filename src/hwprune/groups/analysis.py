@@ -3,12 +3,13 @@
 A *group* is a set of channels that must be removed together (a conv's filters, the BN after it, the
 next conv's input channels, every layer tied to them by a residual add or a concat). Each group has a
 list of candidate widths; the allocator picks one per group. A *layer* is one conv/linear whose
-latency is looked up in the table: its input width belongs to one group (or is fixed) and its output
-width to another (or is fixed).
+latency is looked up in the table: its input width belongs to one group, or is a concatenation of several
+groups' outputs (DenseNet, Inception), or is fixed, and its output width belongs to another (or is fixed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.dependency import index_mapping
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import as_tuple, call, eval_mode, primary_output, run_hooked
@@ -49,10 +51,25 @@ class LayerInfo:
     #: Output channels per `out_div` channels of the output group (a key/value projection under
     #: grouped-query attention is 1/`per_kv` as wide as its query projection, the group's root).
     out_div: int = 1
+    #: An input concatenated from several groups' outputs (or one group's and fixed channels): each part as
+    #: (group id, its dense channels here, input channels per channel of the group); `in_group` is then None.
+    #: Reading such an input as one group's width (times in_channels / its size) once predicted DenseNet-169's
+    #: MACs up to 40x off, and a macs=0.5 plan ended at 0.03 of the limit.
+    in_parts: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def in_groups(self) -> tuple[str, ...]:
+        """Every group the input width depends on."""
+        if self.in_parts:
+            return tuple(g for g, _, _ in self.in_parts)
+        return (self.in_group,) if self.in_group is not None else ()
 
     def widths(self, widths: dict[str, int]) -> tuple[int, int]:
         """(input, output) channels of this layer when its groups take `widths` (others: dense)."""
-        c_in = widths[self.in_group] * self.in_mult if self.in_group in widths else self.in_channels
+        if self.in_parts:
+            c_in = self.in_channels + sum(widths[g] * m - n for g, n, m in self.in_parts if g in widths)
+        else:
+            c_in = widths[self.in_group] * self.in_mult if self.in_group in widths else self.in_channels
         c_out = widths[self.out_group] // self.out_div if self.out_group in widths else self.out_channels
         return c_in, c_out
 
@@ -166,10 +183,48 @@ def cut_group(model: nn.Module, graph: tp.DependencyGraph, gid: str, drop: list[
     return group
 
 
+@contextlib.contextmanager
+def _tolerant_reshapes(unmapped: list):
+    """torch-pruning 1.6.0 divides by a channel count of zero on a reshape it cannot follow (the views of a
+    channel shuffle, ShuffleNetV2) and the whole trace fails. Such a reshape keeps an identity mapping here and
+    is recorded in `unmapped`; every group through it is refused afterwards (`_through_reshape`)."""
+    follow = index_mapping.update_reshape_index_mapping
+
+    def guarded(graph, node):
+        try:
+            follow(graph, node)
+        except ZeroDivisionError:
+            if node not in unmapped:
+                unmapped.append(node)
+
+    index_mapping.update_reshape_index_mapping = guarded  # looked up by name in update_index_mapping
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = follow
+
+
+class _Graph(tp.DependencyGraph):
+    """torch-pruning's graph, tolerant of reshapes it cannot follow: it re-derives its index mappings on
+    every group it builds, so both the trace and the group search run under `_tolerant_reshapes`."""
+
+    def __init__(self):
+        super().__init__()
+        self.hwprune_unmapped: list = []
+
+    def build_dependency(self, *args, **kwargs):
+        with _tolerant_reshapes(self.hwprune_unmapped):
+            return super().build_dependency(*args, **kwargs)
+
+    def get_pruning_group(self, *args, **kwargs):
+        with _tolerant_reshapes(self.hwprune_unmapped):
+            return super().get_pruning_group(*args, **kwargs)
+
+
 def dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
     """Torch-Pruning's graph of `model`, traced on its primary output (a ModelOutput's logits)."""
     try:
-        return tp.DependencyGraph().build_dependency(
+        return _Graph().build_dependency(
             model, example_inputs=example_inputs, verbose=False, output_transform=primary_output
         )
     except Exception as e:  # torch-pruning's tracer fails inside on some graphs (ZeroDivisionError on shufflenet_v2)
@@ -261,6 +316,36 @@ def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: i
     return info
 
 
+def _through_reshape(graph: tp.DependencyGraph, g) -> bool:
+    """Do the group's channels pass a reshape torch-pruning could not follow (`_tolerant_reshapes`)? Its
+    identity mapping may not be the real one, so such a group keeps its width."""
+    unmapped = getattr(graph, "hwprune_unmapped", ())
+    return any(dep.target in unmapped for dep, _ in g)
+
+
+def _all_groups(graph: tp.DependencyGraph, ignored: list, root_types) -> list:
+    """Every pruning group rooted at a `root_types` layer's outputs, as torch-pruning's `get_all_groups`, but a
+    root whose group cannot be built (its index mapping through a split fails after a channel shuffle) is
+    skipped, so that layer keeps its width, instead of failing the whole analysis."""
+    ignored = ignored + graph.IGNORED_LAYERS_IN_TRACING
+    visited, out = set(), []
+    for m in list(graph.module2node):
+        if m in ignored or m in visited or not isinstance(m, root_types):
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        try:
+            g = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except (IndexError, ValueError):
+            continue
+        outs = [d.target.module for d, _ in g if graph.is_out_channel_pruning_fn(d.handler)]
+        visited.update(outs)
+        if not any(o in ignored for o in outs):
+            out.append(g)
+    return out
+
+
 def _spans_several_layers(graph: tp.DependencyGraph, g, size: int) -> bool:
     """Does the group hold only part of some conv/linear's outputs (two convs concatenated into a depthwise
     conv)? Plans keep each group's best-scored channels, which may be none of one such layer's, leaving it
@@ -279,7 +364,7 @@ def _channel_group(g, graph: tp.DependencyGraph, names: dict, layers: dict, min_
     if size < 2 or _spans_several_layers(graph, g, size):
         return None
     members, multiple = [], 1
-    for dep, _idxs in g:
+    for dep, idxs in g:
         mod = dep.target.module
         if not isinstance(mod, nn.Module) or mod not in names:
             continue
@@ -290,10 +375,15 @@ def _channel_group(g, graph: tp.DependencyGraph, names: dict, layers: dict, min_
         if mod in layers:
             if side == "out" or layers[mod].depthwise:
                 layers[mod].out_group = gid
-            if side == "in" or layers[mod].depthwise:
-                layers[mod].in_group = gid
-                if side == "in" and layers[mod].in_channels % size == 0:
-                    layers[mod].in_mult = layers[mod].in_channels // size
+            la = layers[mod]
+            if side == "in" and not la.depthwise and len(idxs) < la.in_channels:
+                # part of a concatenated input: the group's channels (times a flatten's) among others
+                if gid not in la.in_groups:
+                    la.in_parts = (*la.in_parts, (gid, len(idxs), max(len(idxs) // size, 1)))
+            elif side == "in" or la.depthwise:
+                la.in_group = gid
+                if side == "in" and la.in_channels % size == 0:
+                    la.in_mult = la.in_channels // size
     if size % multiple or size // multiple < 2:
         return None  # the group's width does not split evenly into the grouped conv's groups
     return PruneGroup(gid, size, candidate_widths(size, min_keep, multiple=multiple), members, multiple)
@@ -315,6 +405,7 @@ def _without(groups: list[PruneGroup], tp_groups: dict, layers: dict, ids: set[s
     """The groups and torch-pruning groups less `ids`; layers that read or wrote those keep their widths."""
     for la in layers.values():
         la.in_group = None if la.in_group in ids else la.in_group
+        la.in_parts = tuple(p for p in la.in_parts if p[0] not in ids)
         la.out_group = None if la.out_group in ids else la.out_group
     return [g for g in groups if g.id not in ids], {k: v for k, v in tp_groups.items() if k not in ids}
 
@@ -352,10 +443,11 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
 
     groups: list[PruneGroup] = []
     tp_groups = {}
-    roots = graph.get_all_groups(ignored_layers=ignored_mods + list(projections), root_module_types=PRUNABLE_TYPES)
-    for g in roots:
+    for g in _all_groups(graph, ignored_mods + list(projections), PRUNABLE_TYPES):
         if any(dep.target.module in projections and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in g):
             continue  # an attention's heads: grouped below
+        if _through_reshape(graph, g):
+            continue
         group = _channel_group(g, graph, names, layers, min_keep)
         if group is not None:
             groups.append(group)

@@ -133,7 +133,9 @@ def _bytes(la: LayerInfo) -> float:
 
 def step_group(cost: CostModel, la: LayerInfo) -> str | None:
     """The group whose width moves the layer along its curve: its output group, else (the classifier) its input's."""
-    return la.out_group if la.out_group in cost.sizes else la.in_group if la.in_group in cost.sizes else None
+    if la.out_group in cost.sizes:
+        return la.out_group
+    return next((g for g in la.in_groups if g in cost.sizes), None)
 
 
 def _step(cost: CostModel, la: LayerInfo, analysis: GroupAnalysis) -> tuple[int | None, float | None, float]:

@@ -237,7 +237,7 @@ def calibration_layers_from(
     for info in infos:
         for f in fractions:
             c_out = max(1, round(info.out_channels * f)) if info.out_group else info.out_channels
-            c_in = max(1, round(info.in_channels * f)) if info.in_group else info.in_channels
+            c_in = max(1, round(info.in_channels * f)) if info.in_groups else info.in_channels
             if info.depthwise:
                 c_in = c_out
             key = (info.signature(), c_in, c_out)
