@@ -183,41 +183,73 @@ def cut_group(model: nn.Module, graph: tp.DependencyGraph, gid: str, drop: list[
     return group
 
 
+#: torch-pruning 1.6.0 index-mapping updates that fail on graphs they cannot follow, and how: a channel
+#: shuffle's view (ShuffleNetV2) divides by a channel count of zero; Swin's patch merging concatenates along
+#: the last (channels-last) dimension, sizes it cannot infer, and it sums a None.
+_FRAGILE_MAPPINGS = {"update_reshape_index_mapping": ZeroDivisionError, "update_concat_index_mapping": TypeError}
+
+
+#: The most channel indices one mapping may produce. torch-pruning reads every tensor as channels-first;
+#: on a channels-last network (Swin: (B, H, W, C) windows reshaped to (B * windows, 49, C)) it takes the
+#: window reshapes for flattens, and each pass around the residual stream multiplies a group's indices
+#: (22 GB and an out-of-memory kill for swin_s). A real flatten feeds a Linear: VGG's 512 x 7 x 7 = 25,088.
+MAX_GROUP_INDICES = 1 << 18
+
+
+class _RunawayGroup(RuntimeError):
+    """A group's channel indices grew past MAX_GROUP_INDICES: the group is skipped (see `_all_groups`)."""
+
+
 @contextlib.contextmanager
-def _tolerant_reshapes(unmapped: list):
-    """torch-pruning 1.6.0 divides by a channel count of zero on a reshape it cannot follow (the views of a
-    channel shuffle, ShuffleNetV2) and the whole trace fails. Such a reshape keeps an identity mapping here and
-    is recorded in `unmapped`; every group through it is refused afterwards (`_through_reshape`)."""
-    follow = index_mapping.update_reshape_index_mapping
+def _tolerant_mappings(unmapped: list):
+    """Run torch-pruning with `_FRAGILE_MAPPINGS` guarded: a node whose mapping fails keeps an identity mapping
+    and is recorded in `unmapped`, and every group through it is refused afterwards (`_through_unmapped`),
+    instead of the whole trace failing."""
+    originals = {name: getattr(index_mapping, name) for name in _FRAGILE_MAPPINGS}
 
-    def guarded(graph, node):
-        try:
-            follow(graph, node)
-        except ZeroDivisionError:
-            if node not in unmapped:
-                unmapped.append(node)
+    def guarded(name):
+        def update(graph, node):
+            try:
+                originals[name](graph, node)
+            except _FRAGILE_MAPPINGS[name]:
+                if node not in unmapped:
+                    unmapped.append(node)
 
-    index_mapping.update_reshape_index_mapping = guarded  # looked up by name in update_index_mapping
+        return update
+
+    expand = index_mapping._FlattenIndexMapping.__call__
+
+    def bounded(self, idxs):
+        out = expand(self, idxs)
+        if len(out) > MAX_GROUP_INDICES:
+            raise _RunawayGroup(f"a reshape maps {len(idxs)} channel indices to {len(out)}")
+        return out
+
+    for name in originals:  # looked up by name in update_index_mapping
+        setattr(index_mapping, name, guarded(name))
+    index_mapping._FlattenIndexMapping.__call__ = bounded
     try:
         yield
     finally:
-        index_mapping.update_reshape_index_mapping = follow
+        for name, fn in originals.items():
+            setattr(index_mapping, name, fn)
+        index_mapping._FlattenIndexMapping.__call__ = expand
 
 
 class _Graph(tp.DependencyGraph):
-    """torch-pruning's graph, tolerant of reshapes it cannot follow: it re-derives its index mappings on
-    every group it builds, so both the trace and the group search run under `_tolerant_reshapes`."""
+    """torch-pruning's graph, tolerant of reshapes and concatenations it cannot follow: it re-derives its index
+    mappings on every group it builds, so both the trace and the group search run under `_tolerant_mappings`."""
 
     def __init__(self):
         super().__init__()
         self.hwprune_unmapped: list = []
 
     def build_dependency(self, *args, **kwargs):
-        with _tolerant_reshapes(self.hwprune_unmapped):
+        with _tolerant_mappings(self.hwprune_unmapped):
             return super().build_dependency(*args, **kwargs)
 
     def get_pruning_group(self, *args, **kwargs):
-        with _tolerant_reshapes(self.hwprune_unmapped):
+        with _tolerant_mappings(self.hwprune_unmapped):
             return super().get_pruning_group(*args, **kwargs)
 
 
@@ -316,9 +348,9 @@ def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: i
     return info
 
 
-def _through_reshape(graph: tp.DependencyGraph, g) -> bool:
-    """Do the group's channels pass a reshape torch-pruning could not follow (`_tolerant_reshapes`)? Its
-    identity mapping may not be the real one, so such a group keeps its width."""
+def _through_unmapped(graph: tp.DependencyGraph, g) -> bool:
+    """Do the group's channels pass a reshape or concatenation torch-pruning could not follow
+    (`_tolerant_mappings`)? Its identity mapping may not be the real one, so such a group keeps its width."""
     unmapped = getattr(graph, "hwprune_unmapped", ())
     return any(dep.target in unmapped for dep, _ in g)
 
@@ -337,7 +369,7 @@ def _all_groups(graph: tp.DependencyGraph, ignored: list, root_types) -> list:
             continue
         try:
             g = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
-        except (IndexError, ValueError):
+        except (IndexError, ValueError, _RunawayGroup):
             continue
         outs = [d.target.module for d, _ in g if graph.is_out_channel_pruning_fn(d.handler)]
         visited.update(outs)
@@ -446,7 +478,7 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
     for g in _all_groups(graph, ignored_mods + list(projections), PRUNABLE_TYPES):
         if any(dep.target.module in projections and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in g):
             continue  # an attention's heads: grouped below
-        if _through_reshape(graph, g):
+        if _through_unmapped(graph, g):
             continue
         group = _channel_group(g, graph, names, layers, min_keep)
         if group is not None:
