@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.dependency import shape_infer
 
-from hwprune.groups import analysis
+from hwprune.groups import trace
 from hwprune.groups.analysis import analyze
 
 
@@ -45,7 +45,7 @@ def test_a_concatenation_of_unknown_sizes_is_left_out_instead_of_failing(monkeyp
     monkeypatch.setattr(shape_infer, "infer_channels_between", lambda *args: None)
     with pytest.raises(TypeError):
         tp.DependencyGraph().build_dependency(model, example_inputs=x)
-    graph = analysis.dependency_graph(model, x)
+    graph = trace.dependency_graph(model, x)
     assert len(graph.hwprune_unmapped) == 1
     assert [g.id for g in analyze(model, x).groups] == ["red"]
 
@@ -54,5 +54,5 @@ def test_a_group_whose_indices_run_away_is_skipped(monkeypatch):
     model, x = Flatten().eval(), torch.randn(2, 3, 4, 4)
     assert [g.id for g in analyze(model, x).groups] == ["conv", "fc"]
     # the conv's 8 channels map to 128 inputs of fc: past a limit of 64 the group counts as a runaway
-    monkeypatch.setattr(analysis, "MAX_GROUP_INDICES", 64)
+    monkeypatch.setattr(trace, "MAX_GROUP_INDICES", 64)
     assert [g.id for g in analyze(model, x).groups] == ["fc"]

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwprune.core.errors import HwpruneError
-from hwprune.groups.analysis import dependency_graph
 from hwprune.groups.attention import cut_heads, find_attention
+from hwprune.groups.trace import dependency_graph
 from hwprune.plan.plan import Plan
 
 

@@ -9,7 +9,6 @@ groups' outputs (DenseNet, Inception), or is fixed, and its output width belongs
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import fnmatch
 import math
@@ -18,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch_pruning.dependency import index_mapping
 
 from hwprune.core.errors import HwpruneError
-from hwprune.core.modules import as_tuple, call, eval_mode, primary_output, run_hooked
+from hwprune.core.modules import as_tuple, call, eval_mode, run_hooked
 from hwprune.groups.attention import Attention, HeadGroup, cut_heads, find_attention
+from hwprune.groups.trace import all_groups, dependency_graph, through_unmapped
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -183,90 +182,6 @@ def cut_group(model: nn.Module, graph: tp.DependencyGraph, gid: str, drop: list[
     return group
 
 
-#: torch-pruning 1.6.0 index-mapping updates that fail on graphs they cannot follow, and how: a channel
-#: shuffle's view (ShuffleNetV2) divides by a channel count of zero; Swin's patch merging concatenates along
-#: the last (channels-last) dimension, sizes it cannot infer, and it sums a None.
-_FRAGILE_MAPPINGS = {"update_reshape_index_mapping": ZeroDivisionError, "update_concat_index_mapping": TypeError}
-
-
-#: The most channel indices one mapping may produce. torch-pruning reads every tensor as channels-first;
-#: on a channels-last network (Swin: (B, H, W, C) windows reshaped to (B * windows, 49, C)) it takes the
-#: window reshapes for flattens, and each pass around the residual stream multiplies a group's indices
-#: (22 GB and an out-of-memory kill for swin_s). A real flatten feeds a Linear: VGG's 512 x 7 x 7 = 25,088.
-MAX_GROUP_INDICES = 1 << 18
-
-
-class _RunawayGroup(RuntimeError):
-    """A group's channel indices grew past MAX_GROUP_INDICES: the group is skipped (see `_all_groups`)."""
-
-
-@contextlib.contextmanager
-def _tolerant_mappings(unmapped: list):
-    """Run torch-pruning with `_FRAGILE_MAPPINGS` guarded: a node whose mapping fails keeps an identity mapping
-    and is recorded in `unmapped`, and every group through it is refused afterwards (`_through_unmapped`),
-    instead of the whole trace failing."""
-    originals = {name: getattr(index_mapping, name) for name in _FRAGILE_MAPPINGS}
-
-    def guarded(name):
-        def update(graph, node):
-            try:
-                originals[name](graph, node)
-            except _FRAGILE_MAPPINGS[name]:
-                if node not in unmapped:
-                    unmapped.append(node)
-
-        return update
-
-    expand = index_mapping._FlattenIndexMapping.__call__
-
-    def bounded(self, idxs):
-        out = expand(self, idxs)
-        if len(out) > MAX_GROUP_INDICES:
-            raise _RunawayGroup(f"a reshape maps {len(idxs)} channel indices to {len(out)}")
-        return out
-
-    for name in originals:  # looked up by name in update_index_mapping
-        setattr(index_mapping, name, guarded(name))
-    index_mapping._FlattenIndexMapping.__call__ = bounded
-    try:
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(index_mapping, name, fn)
-        index_mapping._FlattenIndexMapping.__call__ = expand
-
-
-class _Graph(tp.DependencyGraph):
-    """torch-pruning's graph, tolerant of reshapes and concatenations it cannot follow: it re-derives its index
-    mappings on every group it builds, so both the trace and the group search run under `_tolerant_mappings`."""
-
-    def __init__(self):
-        super().__init__()
-        self.hwprune_unmapped: list = []
-
-    def build_dependency(self, *args, **kwargs):
-        with _tolerant_mappings(self.hwprune_unmapped):
-            return super().build_dependency(*args, **kwargs)
-
-    def get_pruning_group(self, *args, **kwargs):
-        with _tolerant_mappings(self.hwprune_unmapped):
-            return super().get_pruning_group(*args, **kwargs)
-
-
-def dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    """Torch-Pruning's graph of `model`, traced on its primary output (a ModelOutput's logits)."""
-    try:
-        return _Graph().build_dependency(
-            model, example_inputs=example_inputs, verbose=False, output_transform=primary_output
-        )
-    except Exception as e:  # torch-pruning's tracer fails inside on some graphs (ZeroDivisionError on shufflenet_v2)
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise HwpruneError(
-            f"cannot trace the model's channel dependencies (torch-pruning {tp.__version__} raised "
-            f"{type(e).__name__}{': ' + msg if msg else ''}); this architecture cannot be channel-pruned"
-        ) from e
-
-
 def _prunes_cleanly(model: nn.Module, example_inputs, gids: list[str], shapes: dict[str, tuple[int, int]]) -> bool:
     """Does the model still run after one channel (one per conv group, one head) is cut from each of `gids`
     (on a copy)? `shapes`: group id -> (conv groups, unit)."""
@@ -346,36 +261,6 @@ def _layer_info(m: nn.Module, name: str, shape: tuple[int, ...], output_numel: i
         )
     info.output_numel = output_numel
     return info
-
-
-def _through_unmapped(graph: tp.DependencyGraph, g) -> bool:
-    """Do the group's channels pass a reshape or concatenation torch-pruning could not follow
-    (`_tolerant_mappings`)? Its identity mapping may not be the real one, so such a group keeps its width."""
-    unmapped = getattr(graph, "hwprune_unmapped", ())
-    return any(dep.target in unmapped for dep, _ in g)
-
-
-def _all_groups(graph: tp.DependencyGraph, ignored: list, root_types) -> list:
-    """Every pruning group rooted at a `root_types` layer's outputs, as torch-pruning's `get_all_groups`, but a
-    root whose group cannot be built (its index mapping through a split fails after a channel shuffle) is
-    skipped, so that layer keeps its width, instead of failing the whole analysis."""
-    ignored = ignored + graph.IGNORED_LAYERS_IN_TRACING
-    visited, out = set(), []
-    for m in list(graph.module2node):
-        if m in ignored or m in visited or not isinstance(m, root_types):
-            continue
-        pruner = graph.get_pruner_of_module(m)
-        if pruner is None or pruner.get_out_channels(m) is None:
-            continue
-        try:
-            g = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
-        except (IndexError, ValueError, _RunawayGroup):
-            continue
-        outs = [d.target.module for d, _ in g if graph.is_out_channel_pruning_fn(d.handler)]
-        visited.update(outs)
-        if not any(o in ignored for o in outs):
-            out.append(g)
-    return out
 
 
 def _spans_several_layers(graph: tp.DependencyGraph, g, size: int) -> bool:
@@ -475,10 +360,10 @@ def _analyze(model, example_inputs, min_keep, ignored, probe) -> GroupAnalysis:
 
     groups: list[PruneGroup] = []
     tp_groups = {}
-    for g in _all_groups(graph, ignored_mods + list(projections), PRUNABLE_TYPES):
+    for g in all_groups(graph, ignored_mods + list(projections), PRUNABLE_TYPES):
         if any(dep.target.module in projections and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in g):
             continue  # an attention's heads: grouped below
-        if _through_unmapped(graph, g):
+        if through_unmapped(graph, g):
             continue
         group = _channel_group(g, graph, names, layers, min_keep)
         if group is not None:
