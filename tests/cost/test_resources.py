@@ -83,3 +83,18 @@ def test_a_dense_block_prunes_to_its_mac_budget():
     res = hwprune.prune(model, x, budget="macs=0.5", target="analytic-test", progress=False)
     used = count("macs", res.model, x) / (0.5 * count("macs", model, x))
     assert 0.97 <= used <= 1.0
+
+
+def test_the_incremental_prediction_equals_the_full_one():
+    # The allocators' local search predicts plans one or two groups away from a base through `around`; every
+    # fitted term (r0, r1 on activations, r2 on weights, a scale) and concatenated inputs must agree with predict.
+    torch.manual_seed(0)
+    model, x = DenseBlock().eval(), torch.randn(2, 3, 8, 8)
+    analysis = analyze(model, x)
+    cost = figure_cost_model("macs", analysis, model, x)
+    cost.r0, cost.r1, cost.r2, cost.scale = 1e4, 3e5, -2e5, 1.3
+    base = {"stem": 9, "a": 5, "b": 4, "c": 11}
+    near = cost.around(base)
+    for changes in ({}, {"stem": 3}, {"a": 8, "c": 2}, {"b": 1, "stem": 16}, {"c": 16}):
+        assert near(changes) == pytest.approx(cost.predict({**base, **changes}), rel=1e-12)
+    assert near({"stem": 3}) != pytest.approx(near({}))

@@ -303,6 +303,13 @@ def shift_moves(
                 yield {g_up: up, g_dn: c_dn[max(0, j - step(c_dn))]}
 
 
+def _around(cost, widths: dict[str, int]) -> Callable[[dict[str, int]], float]:
+    """The prediction of `widths` with a few groups changed: incremental where the cost model offers it."""
+    if hasattr(cost, "around"):
+        return cost.around(widths)
+    return lambda changes: cost.predict({**widths, **changes})
+
+
 def _exchange(problem: Problem, widths: dict[str, int], target: float, max_sweeps: int = 20) -> dict[str, int]:
     """Local search on the exact (pairwise) prediction: move one group to any width, or widen one group
     by a step while narrowing another by a step, whenever that keeps more importance within the target.
@@ -316,26 +323,28 @@ def _exchange(problem: Problem, widths: dict[str, int], target: float, max_sweep
     widths = dict(widths)
     val = {g: {w: problem.value(g, w) for w in cands[g]} for g in gids}
     for _ in range(max_sweeps):
+        near = _around(cost, widths)
         best_gain, best_move = 1e-12, None
         for g in gids:
             for w in cands[g]:
                 if w == widths[g] or val[g][w] - val[g].get(widths[g], 0.0) <= best_gain:
                     continue
-                trial = {**widths, g: w}
-                if cost.predict(trial) <= target:
-                    best_gain, best_move = val[g][w] - val[g].get(widths[g], 0.0), trial
+                if near({g: w}) <= target:
+                    best_gain, best_move = val[g][w] - val[g].get(widths[g], 0.0), {g: w}
         for mv in shift_moves(cands, widths, lambda c: 1):
             if len(mv) == 1:
                 continue  # single-group moves were all tried above
             gain = sum(val[g][w] - val[g][widths[g]] for g, w in mv.items())
             if gain <= best_gain:
                 continue
-            trial = {**widths, **mv}
-            if cost.predict(trial) <= target:
-                best_gain, best_move = gain, trial
+            if near(mv) <= target:
+                best_gain, best_move = gain, mv
         if best_move is None:
             break
-        widths = best_move
+        trial = {**widths, **best_move}
+        if cost.predict(trial) > target:
+            break  # the incremental sum's rounding let a move by that the full prediction refuses
+        widths = trial
     return widths
 
 
