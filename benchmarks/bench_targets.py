@@ -36,11 +36,12 @@ def edges(xs: list[int], ys: list[float]) -> list[int]:
 
 
 def main() -> None:
-    from hwprune.cost.model import CostModel, Profiler
+    from hwprune.cli.run import prune_spec
+    from hwprune.cost.curves import Profiler
+    from hwprune.cost.model import CostModel
     from hwprune.groups.analysis import analyze
     from hwprune.hardware.table import LatencyCache
     from hwprune.hardware.targets import get_target
-    from hwprune.cli.run import prune_spec
     from hwprune.pipeline.config import PruneConfig
     from hwprune.zoo.specs import resolve
 

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from hwprune.apply.channels import apply_plan
 from hwprune.cli.main import main
-from hwprune.cost.model import CostModel, LayerCurve
+from hwprune.cost.curves import LayerCurve
+from hwprune.cost.model import CostModel
 from hwprune.groups.analysis import analyze
 from hwprune.importance import compute_scores
 from hwprune.plan.allocate import Problem

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hwprune.cost.model import CostModel, LayerCurve
+from hwprune.cost.curves import LayerCurve
+from hwprune.cost.model import CostModel
 from hwprune.groups.analysis import analyze
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from tiny_models import tiny_cnn, tiny_resnet
 
-from hwprune.cost.model import CostModel, Profiler
+from hwprune.cost.curves import Profiler
+from hwprune.cost.model import CostModel
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target

@@ -4,7 +4,7 @@ import torch
 from tiny_models import tiny_cnn
 
 from hwprune.core.errors import HwpruneError
-from hwprune.cost.model import Profiler
+from hwprune.cost.curves import Profiler
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target

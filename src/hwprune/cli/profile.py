@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import call
-from hwprune.cost.model import Profiler
+from hwprune.cost.curves import Profiler
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.sim import calibration_layers_from
 from hwprune.hardware.table import LatencyCache

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwprune.cost.model import LayerCurve, layer_candidates
+from hwprune.cost.curves import LayerCurve, layer_candidates
 from hwprune.groups.analysis import GroupAnalysis, LayerInfo
 from hwprune.hardware.table import LatencyCache
 

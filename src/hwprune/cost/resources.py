@@ -27,7 +27,8 @@ import torch.nn as nn
 
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import macs_params, run_hooked, size_bytes
-from hwprune.cost.model import CostModel, Profiler
+from hwprune.cost.curves import Profiler
+from hwprune.cost.model import CostModel
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.hardware.timing import Timing
 

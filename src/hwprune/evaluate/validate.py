@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from hwprune.apply.channels import apply_plan
 from hwprune.core.errors import HwpruneError
-from hwprune.cost.model import CALIBRATION_KEEPS, SPLIT_KEEPS, CostModel, Profiler, calibration_plans
+from hwprune.cost.curves import Profiler
+from hwprune.cost.model import CALIBRATION_KEEPS, SPLIT_KEEPS, CostModel, calibration_plans
 from hwprune.groups.analysis import GroupAnalysis, LayerInfo, analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.targets import get_target

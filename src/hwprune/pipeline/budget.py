@@ -14,7 +14,8 @@ import torch.nn as nn
 from hwprune.apply.channels import apply_plan, recalibrate_bn
 from hwprune.core.budget import format_amount
 from hwprune.core.errors import HwpruneError
-from hwprune.cost.model import CostModel, Profiler
+from hwprune.cost.curves import Profiler
+from hwprune.cost.model import CostModel
 from hwprune.cost.resources import count, figure_cost_model
 from hwprune.evaluate.validate import calibrate
 from hwprune.groups.analysis import analyze

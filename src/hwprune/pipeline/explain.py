@@ -23,7 +23,8 @@ import numpy as np
 from hwprune.apply.channels import apply_plan
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import macs_params
-from hwprune.cost.model import STEP_TOLERANCE, CostModel, Profiler, uniform_widths
+from hwprune.cost.curves import STEP_TOLERANCE, Profiler
+from hwprune.cost.model import CostModel, uniform_widths
 from hwprune.groups.analysis import GroupAnalysis, LayerInfo, analyze
 from hwprune.hardware.table import LatencyCache
 from hwprune.hardware.timing import latency_estimate, ratio_estimate

@@ -11,7 +11,8 @@ from hwprune.core.budget import Budget
 from hwprune.core.errors import HwpruneError
 from hwprune.core.modules import macs_params, size_bytes
 from hwprune.cost.cached import NotCached, read_curves
-from hwprune.cost.model import STEP_TOLERANCE, CostModel
+from hwprune.cost.curves import STEP_TOLERANCE
+from hwprune.cost.model import CostModel
 from hwprune.cost.resources import count, memory_bytes
 from hwprune.groups.analysis import analyze
 from hwprune.hardware.table import LatencyCache

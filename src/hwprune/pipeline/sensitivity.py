@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from hwprune.apply.channels import apply_plan, recalibrate_bn
 from hwprune.core.modules import logits
-from hwprune.cost.model import spread
+from hwprune.cost.curves import spread
 from hwprune.cost.progress import Stage
 from hwprune.finetune.train import train_steps
 from hwprune.groups.analysis import GroupAnalysis

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from hwprune.cost.model import CostModel, Profiler
+from hwprune.cost.curves import Profiler
+from hwprune.cost.model import CostModel
 from hwprune.finetune.trainer import TrainConfig, fit
 from hwprune.groups.analysis import GroupAnalysis
 from hwprune.hardware.base import Target
