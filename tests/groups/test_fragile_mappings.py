@@ -1,6 +1,7 @@
 """Graphs torch-pruning 1.6.0 cannot follow: a concatenation whose part sizes it cannot infer (Swin's patch
 merging, channels-last) and a reshape it mistakes for a flatten, multiplying a group's indices (Swin's
-windows, an out-of-memory kill). Groups through them are left out; the rest of the model still prunes."""
+windows, an out-of-memory kill), and a search that keeps returning to the same nodes (MaxViT's partitions).
+Groups through them are left out; the rest of the model still prunes."""
 
 import pytest
 import torch
@@ -26,6 +27,24 @@ class PatchMerge(nn.Module):
         x = self.proj(x.permute(0, 2, 3, 1))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.head(self.red(self.norm(x)).mean((1, 2)))
+
+
+class Residual(nn.Module):
+    """Two residual blocks: the stream's group reaches the same nodes more than once (through both adds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 16, 1)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a(x)
+        x = x + self.b(x)
+        return self.head(self.mid(x).mean((2, 3)))
 
 
 class Flatten(nn.Module):
@@ -56,3 +75,11 @@ def test_a_group_whose_indices_run_away_is_skipped(monkeypatch):
     # the conv's 8 channels map to 128 inputs of fc: past a limit of 64 the group counts as a runaway
     monkeypatch.setattr(trace, "MAX_GROUP_INDICES", 64)
     assert [g.id for g in analyze(model, x).groups] == ["fc"]
+
+
+def test_a_group_whose_search_keeps_returning_to_a_node_is_skipped(monkeypatch):
+    model, x = Residual().eval(), torch.randn(2, 3, 8, 8)
+    assert [g.id for g in analyze(model, x).groups] == ["b", "mid"]
+    # the residual stream's group reaches its nodes twice; MaxViT's qkv group thousands of times
+    monkeypatch.setattr(trace, "MAX_NODE_VISITS", 1)
+    assert [g.id for g in analyze(model, x).groups] == ["mid"]

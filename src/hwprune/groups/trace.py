@@ -8,6 +8,7 @@ import contextlib
 
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.dependency import group as tp_group
 from torch_pruning.dependency import index_mapping
 
 from hwprune.core.errors import HwpruneError
@@ -24,10 +25,17 @@ _FRAGILE_MAPPINGS = {"update_reshape_index_mapping": ZeroDivisionError, "update_
 #: window reshapes for flattens, and each pass around the residual stream multiplies a group's indices
 #: (22 GB and an out-of-memory kill for swin_s). A real flatten feeds a Linear: VGG's 512 x 7 x 7 = 25,088.
 MAX_GROUP_INDICES = 1 << 18
+#: The most times one group may reach the same node with other indices. MaxViT's window/grid partitions send
+#: torch-pruning's search round its attention again and again with new index sets (its qkv group had 3,000
+#: entries after 50 s and kept growing; the membership test is linear, so the search slows quadratically).
+#: Counted over torchvision's resnet152, densenet201, googlenet, inception_v3, convnext_large, shufflenet_v2,
+#: vit_h_14 and swin_b (2026-12-05), a group that finishes reaches a node at most 6 times (swin_b).
+MAX_NODE_VISITS = 16
 
 
 class _RunawayGroup(RuntimeError):
-    """A group's channel indices grew past MAX_GROUP_INDICES: the group is skipped (see `all_groups`)."""
+    """A group's channel indices grew past MAX_GROUP_INDICES, or its search kept returning to one node
+    (MAX_NODE_VISITS): the group is skipped (see `all_groups`)."""
 
 
 @contextlib.contextmanager
@@ -55,15 +63,26 @@ def _tolerant_mappings(unmapped: list):
             raise _RunawayGroup(f"a reshape maps {len(idxs)} channel indices to {len(out)}")
         return out
 
+    add_dep = tp_group.Group.add_dep
+
+    def counted(self, dep, idxs):
+        visits = self.__dict__.setdefault("_hwprune_visits", {})
+        visits[dep.target] = visits.get(dep.target, 0) + 1
+        if visits[dep.target] > MAX_NODE_VISITS:
+            raise _RunawayGroup(f"the group reached {dep.target.name} {MAX_NODE_VISITS + 1} times")
+        add_dep(self, dep, idxs)
+
     for name in originals:  # looked up by name in update_index_mapping
         setattr(index_mapping, name, guarded(name))
     index_mapping._FlattenIndexMapping.__call__ = bounded
+    tp_group.Group.add_dep = counted
     try:
         yield
     finally:
         for name, fn in originals.items():
             setattr(index_mapping, name, fn)
         index_mapping._FlattenIndexMapping.__call__ = expand
+        tp_group.Group.add_dep = add_dep
 
 
 class _Graph(tp.DependencyGraph):
