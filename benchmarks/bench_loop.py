@@ -102,8 +102,15 @@ def main() -> None:
         f"re-measured {time.perf_counter() - t0:.0f} s after the first run started. "
         f"Passed {passed}/{len(runs)} (re-measured median within 85-105% of the budget).\n"
     )
-    headers = ["budget", "seed", "iterations", "report: used [95% CI], verdict", "re-measured: used [95% CI]",
-               "run time", "pass"]
+    headers = [
+        "budget",
+        "seed",
+        "iterations",
+        "report: used [95% CI], verdict",
+        "re-measured: used [95% CI]",
+        "run time",
+        "pass",
+    ]
     print(table(headers, rows))
     iters = [r["iterations"] for r in runs if "iterations" in r]
     if iters:

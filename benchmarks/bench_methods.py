@@ -73,7 +73,8 @@ def criteria_table(a) -> str:
         scores = compute_scores(dense, analysis, name, calib, seed=a.seed)
         keep = select("ratio", normalized(scores, name), sparsity=0.5)
         widths = {g: int(k.sum()) for g, k in keep.items()}
-        pruned = apply_plan(dense, example, make_plan(widths, scores, {g.id: g.size for g in analysis.groups}, analysis.multiples))
+        sizes = {g.id: g.size for g in analysis.groups}
+        pruned = apply_plan(dense, example, make_plan(widths, scores, sizes, analysis.multiples))
         recalibrate_bn(pruned, calib)
         oneshot = accuracy(pruned, data.x_test, data.y_test)
         train_steps(pruned, ft, a.lr, dense, desc=f"fine-tuning ({name})", progress=False)

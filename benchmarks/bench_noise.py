@@ -192,7 +192,7 @@ def table_entries(target, a) -> None:
     )
     rows = [
         [la.name, f"{la.in_channels} -> {la.out_channels}", f"{1e6 * statistics.median(t):.0f}", _spread(t), _spread(r)]
-        for la, t, r in zip(layers, alone, relative)
+        for la, t, r in zip(layers, alone, relative, strict=False)
     ]
     headers = ["layer", "channels", "median us", "alone: CV | max/min", "/ reference: CV | max/min"]
     print(table(headers, rows))

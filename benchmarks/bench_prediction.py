@@ -68,9 +68,9 @@ def model_spec(name: str) -> tuple[str, str | None]:
 
 
 def run_case(name: str, batch: int, target_name: str) -> dict:
+    from hwprune.cli.run import prune_spec
     from hwprune.evaluate.validate import validate
     from hwprune.hardware.targets import get_target
-    from hwprune.cli.run import prune_spec
     from hwprune.pipeline.config import PruneConfig
     from hwprune.zoo.specs import resolve
 

@@ -6,6 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from hwprune.core.modules import call
+from hwprune.hardware.targets import register_target
+from hwprune.hardware.timing import Timing
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 os.environ["HWPRUNE_TIMING"] = "fast"
@@ -39,10 +43,6 @@ def tiny_file():
 # A deterministic target for pipeline tests: latency is a formula of the layer shapes, not a measurement,
 # so the closed loop and the budget check are exercised without timing noise. Registered the way a user
 # adds a target.
-
-from hwprune.core.modules import call  # noqa: E402
-from hwprune.hardware.targets import register_target
-from hwprune.hardware.timing import Timing
 
 
 def _layer_seconds(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> float:
@@ -85,7 +85,7 @@ class AnalyticTarget:
         for m in models:
             total = [5e-5]
             hooks = [
-                mod.register_forward_hook(lambda mod, a, o: total.append(_layer_seconds(mod, a[0], o)))
+                mod.register_forward_hook(lambda mod, a, o, total=total: total.append(_layer_seconds(mod, a[0], o)))
                 for mod in m.modules()
                 if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))
             ]

@@ -49,7 +49,8 @@ def test_no_private_name_imported_across_modules():
     for path in MODULES:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hwprune"):
-                found += [f"{path.relative_to(SRC)}: {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                found += [f"{path.relative_to(SRC)}: {name}" for name in private]
     assert found == []
 
 

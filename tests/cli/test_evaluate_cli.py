@@ -3,12 +3,12 @@
 import json
 
 import torch
+from helpers import assert_one_line_error, run_cli
 
 from hwprune.cli.main import main
 from hwprune.evaluate.metrics import evaluate
 from hwprune.report.html import external_references
 from hwprune.zoo.specs import resolve
-from helpers import assert_one_line_error, run_cli
 
 DATA = """
 import torch
@@ -17,7 +17,8 @@ from torch.utils.data import TensorDataset
 def data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 3, 8, 8, generator=g)
-    return TensorDataset(x[:64], torch.randint(0, 5, (64,), generator=g)), TensorDataset(x[64:], torch.randint(0, 5, (32,), generator=g))
+    train = TensorDataset(x[:64], torch.randint(0, 5, (64,), generator=g))
+    return train, TensorDataset(x[64:], torch.randint(0, 5, (32,), generator=g))
 """
 
 

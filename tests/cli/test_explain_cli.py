@@ -4,9 +4,9 @@ advice; the same content as JSON."""
 import json
 
 import pytest
+from helpers import assert_one_line_error, run_cli
 
 from hwprune.cli.main import main
-from helpers import assert_one_line_error, run_cli
 
 ARGV = ["explain", "--target", "analytic-test", "--batch-size", "64"]
 

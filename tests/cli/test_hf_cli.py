@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 
 from hwprune.zoo.specs import load_saved
-from helpers import run_cli
 
 transformers = pytest.importorskip("transformers")
 

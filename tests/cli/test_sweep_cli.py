@@ -2,8 +2,9 @@
 
 import json
 
-from hwprune.report.html import external_references
 from helpers import assert_one_line_error, run_cli
+
+from hwprune.report.html import external_references
 
 
 def test_sweep_runs_every_point_and_keeps_the_failed_one(tmp_path, tiny_file, capsys):

@@ -10,8 +10,7 @@ import sqlite3
 
 import pytest
 import yaml
-from helpers import assert_one_line_error, run_cli
-from helpers import toy_spec
+from helpers import assert_one_line_error, run_cli, toy_spec
 
 from hwprune.core.errors import HwpruneError
 from hwprune.hardware.sim import load_spec

@@ -3,11 +3,11 @@
 import math
 
 import pytest
-from helpers import toy_spec
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from helpers import toy_spec
 
 from hwprune.cli.profile import calibration_layers
 from hwprune.core.errors import HwpruneError

@@ -22,8 +22,6 @@ from hwprune.hardware.table_io import FORMAT, export_profile, import_profile, re
 FP = {"cpu": "test", "threads": 1, "torch": "x", "dtype": "float32", "runtime": "formula"}
 
 
-
-
 def _snapshot(cache_path):
     with LatencyCache(cache_path) as c:
         return c.devices(), {d: c.entries(d) for d in c.devices()}

@@ -85,7 +85,7 @@ def test_hw_allocator_is_optimal_on_small_instance(seed, frac):
     target = frac * dense
     best = -np.inf
     for combo in itertools.product(*[problem.candidates[g] for g in gids]):
-        w = dict(zip(gids, combo))
+        w = dict(zip(gids, combo, strict=False))
         if problem.cost.predict(w) <= target:
             best = max(best, sum(problem.value(g, w[g]) for g in gids))
     got = ALLOCATORS["hw"](problem, target)
@@ -139,8 +139,8 @@ def test_chain_terms_sum_to_the_prediction(seed):
     rng = np.random.default_rng(seed)
     for _ in range(10):
         idx = [rng.integers(len(problem.candidates[g])) for g in order]
-        widths = {g: problem.candidates[g][i] for g, i in zip(order, idx)}
-        total = const + sum(u[i] for u, i in zip(unary, idx)) + pair[1][idx[0], idx[1]]
+        widths = {g: problem.candidates[g][i] for g, i in zip(order, idx, strict=False)}
+        total = const + sum(u[i] for u, i in zip(unary, idx, strict=False)) + pair[1][idx[0], idx[1]]
         assert total == pytest.approx(problem.cost.predict(widths), rel=1e-12)
 
 
@@ -157,9 +157,9 @@ def test_hw_on_a_non_chain_graph_against_brute_force():
         target = frac * dense
         best = max(
             (
-                value(dict(zip(gids, c)))
+                value(dict(zip(gids, c, strict=False)))
                 for c in itertools.product(*[problem.candidates[g] for g in gids])
-                if problem.cost.predict(dict(zip(gids, c))) <= target
+                if problem.cost.predict(dict(zip(gids, c, strict=False))) <= target
             ),
         )
         got = ALLOCATORS["hw"](problem, target)
